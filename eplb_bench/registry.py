@@ -1,0 +1,162 @@
+"""The registry of balancers: register, list, get, and load one file.
+
+Balancers come from three places, all found lazily on the first lookup:
+every module of the `algorithms` package (each registers itself with `@register`),
+packages that declare the entry-point group `eplb_bench.algorithms`, and single
+files loaded with `load_algorithm_file` (the form OpenEvolve/ADRS programs take).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+ENTRY_POINT_GROUP = "eplb_bench.algorithms"
+
+
+class RegistryError(LookupError):
+    """An unknown or duplicate balancer name, or a file that defines no balancer."""
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """A registered balancer and what the harness should know about it.
+
+    `devices` lists the devices the balancer computes on natively; on any other
+    device it still runs, moving its input to the CPU and its output back.
+    `slow` balancers run only when named explicitly.
+    """
+
+    name: str
+    function: Callable
+    description: str = ""
+    devices: tuple[str, ...] = ("cpu",)
+    slow: bool = False
+    source: str = ""
+    accepts: frozenset[str] = field(default_factory=frozenset)
+
+
+_REGISTRY: dict[str, AlgorithmInfo] = {}
+_discovered = False
+
+
+def _keyword_names(function: Callable) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def register(
+    name: str,
+    *,
+    description: str = "",
+    devices: tuple[str, ...] = ("cpu",),
+    slow: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Decorator: add a `rebalance_experts` function to the registry under `name`.
+
+    A name already taken raises RegistryError. The function is returned unchanged.
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n/"):
+        raise RegistryError(f"invalid balancer name {name!r}")
+
+    def decorate(function: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise RegistryError(
+                f"balancer name {name!r} is already registered by {_REGISTRY[name].source}"
+            )
+        _REGISTRY[name] = AlgorithmInfo(
+            name=name,
+            function=function,
+            description=description or (inspect.getdoc(function) or "").split("\n")[0],
+            devices=tuple(devices),
+            slow=slow,
+            source=getattr(function, "__module__", "?"),
+            accepts=_keyword_names(function),
+        )
+        return function
+
+    return decorate
+
+
+def discover() -> None:
+    """Import every module of `algorithms/` and every entry point, once."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module("algorithms")
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"algorithms.{module.name}")
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry.load()
+        if callable(loaded) and entry.name not in _REGISTRY:
+            register(entry.name)(loaded)
+
+
+def list_algorithms(include_slow: bool = True) -> list[str]:
+    """Names of every registered balancer, sorted."""
+    discover()
+    return sorted(n for n, info in _REGISTRY.items() if include_slow or not info.slow)
+
+
+def algorithm_info(name: str) -> AlgorithmInfo:
+    discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise RegistryError(f"unknown balancer {name!r} (registered: {known})") from None
+
+
+def get_algorithm(name: str) -> Callable:
+    """The `rebalance_experts` callable registered under `name`."""
+    return algorithm_info(name).function
+
+
+def load_algorithm_file(path: str | Path) -> Callable:
+    """Load one Python file and return the `rebalance_experts` function it defines.
+
+    The file is imported as a fresh module each time, so two files of the same
+    name do not shadow each other. Raises RegistryError for a missing file, a file
+    that fails to import, or one without a callable `rebalance_experts`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"no balancer file at {path}")
+    module_name = f"eplb_bench_program_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RegistryError(f"{path} is not a loadable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the file is someone else's code: report, do not crash
+        sys.modules.pop(module_name, None)
+        raise RegistryError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, "rebalance_experts", None)
+    if not callable(function):
+        raise RegistryError(f"{path} defines no callable rebalance_experts")
+    return function
+
+
+def file_algorithm_info(path: str | Path) -> AlgorithmInfo:
+    """An unregistered AlgorithmInfo for a balancer loaded from a file."""
+    function = load_algorithm_file(path)
+    return AlgorithmInfo(
+        name=Path(path).stem,
+        function=function,
+        description=f"loaded from {path}",
+        source=str(path),
+        accepts=_keyword_names(function),
+    )

@@ -1,0 +1,188 @@
+"""Run balancers over datasets: plan on window i, score on window i+1.
+
+For every (balancer, dataset, scenario, device) the runner calls the balancer once
+per window pair (more with `repeat`), after one untimed warm-up call; validates
+every placement; checks that the balancer left its input alone; scores the
+placement on the next window and in-sample; and returns one flat record.
+A balancer that raises gets status `error`, one that returns a bad placement or
+changes its input `invalid`; neither stops the run.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+from . import __version__
+from .contract import PlacementError, Scenario, as_placement, validate_placement
+from .datasets import Dataset
+from .registry import AlgorithmInfo
+from .scoring import all_scores
+from .simulate import internode_share, placement_metrics
+
+
+class BalancerFailure(Exception):
+    """A balancer raised or misbehaved; `status` is 'error' or 'invalid'."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a balancer on one scenario of one dataset, on one device."""
+
+    algorithm: AlgorithmInfo
+    dataset: Dataset
+    scenario: Scenario
+    device: str = "cpu"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario):
+    """Call the balancer once on `weight`; return (output, seconds).
+
+    Raises BalancerFailure('error') when the balancer raises.
+    """
+    _synchronize(weight.device)
+    start = time.perf_counter()
+    try:
+        output = info.function(
+            weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus
+        )
+        _synchronize(weight.device)
+    except Exception as exc:  # a balancer is untrusted code: record, never crash
+        raise BalancerFailure("error", f"{type(exc).__name__}: {exc}") from None
+    return output, time.perf_counter() - start
+
+
+def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int):
+    """Plan on one window `repeat` times; return (placement, list of seconds).
+
+    Args:
+        weight: [num_layers, num_logical], on the run's device; never handed out itself.
+    The first call's placement is validated and returned.
+    """
+    placement, seconds = None, []
+    for _ in range(repeat):
+        given = weight.clone()
+        output, elapsed = timed_call(info, given, scenario)
+        seconds.append(elapsed)
+        if not torch.equal(given, weight):
+            raise BalancerFailure("invalid", "balancer modified its input weight")
+        if placement is None:
+            try:
+                placement = as_placement(output)
+                validate_placement(
+                    *placement,
+                    num_logical=weight.shape[1],
+                    num_replicas=scenario.num_replicas,
+                    num_gpus=scenario.num_gpus,
+                    num_layers=weight.shape[0],
+                )
+            except PlacementError as exc:
+                raise BalancerFailure("invalid", str(exc)) from None
+            except Exception as exc:  # e.g. tensors on a device that cannot be read
+                raise BalancerFailure("invalid", f"unusable output: {type(exc).__name__}: {exc}") from None
+    return placement, seconds
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def host_info(device: str) -> dict:
+    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def base_record(job: Job, repeat: int) -> dict:
+    scenario, dataset = job.scenario, job.dataset
+    return {
+        "algorithm": job.algorithm.name,
+        "dataset": dataset.name,
+        "num_layers": dataset.num_layers,
+        "num_logical": dataset.num_logical,
+        **scenario.as_dict(),
+        "policy": "hierarchical" if scenario.hierarchical else "global",
+        "device": job.device,
+        "repeat": repeat,
+        "status": "ok",
+        "error": None,
+        "windows_scored": 0,
+        "balancedness_gpu": None,
+        "balancedness_gpu_insample": None,
+        "balancedness_slot": None,
+        "balancedness_slot_insample": None,
+        "balancedness_node": None,
+        "internode_share": None,
+        "runtime_ms": None,
+        "scores": None,
+        "eplb_bench_version": __version__,
+        "host": host_info(job.device),
+        "timestamp": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_job(job: Job, repeat: int = 1) -> dict:
+    """Plan on each window but the last, score on the next one; one record.
+
+    Metrics are means over window pairs; runtime_ms is the median of all timed calls.
+    """
+    record = base_record(job, repeat)
+    scenario = job.scenario
+    windows = job.dataset.windows.to(job.device)
+    next_window, in_sample, shares, seconds = [], [], [], []
+    window = None
+    try:
+        timed_call(job.algorithm, windows[0].clone(), scenario)  # warm-up, untimed
+        for window in range(windows.shape[0] - 1):
+            placement, elapsed = plan(job.algorithm, windows[window], scenario, repeat)
+            seconds.extend(elapsed)
+            phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
+            next_window.append(placement_metrics(windows[window + 1], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
+            in_sample.append(placement_metrics(windows[window], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
+            shares.append(internode_share(windows[window + 1], phy2log, scenario.num_nodes))
+    except BalancerFailure as failure:
+        record["status"] = failure.status
+        where = f"window {window}: " if window is not None else "warm-up: "
+        record["error"] = one_line(where + str(failure))
+        return record
+    median = statistics.median(seconds)
+    record.update(
+        windows_scored=len(next_window),
+        balancedness_gpu=_mean([m["balancedness_gpu"] for m in next_window]),
+        balancedness_gpu_insample=_mean([m["balancedness_gpu"] for m in in_sample]),
+        balancedness_slot=_mean([m["balancedness_slot"] for m in next_window]),
+        balancedness_slot_insample=_mean([m["balancedness_slot"] for m in in_sample]),
+        balancedness_node=_mean([m["balancedness_node"] for m in next_window]),
+        internode_share=_mean(shares),
+        runtime_ms=median * 1e3,
+    )
+    record["scores"] = all_scores(record, median)
+    return record
+
+
+def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[dict]:
+    """Records of `jobs`, yielded one by one as each finishes."""
+    for job in jobs:
+        yield run_job(job, repeat)
