@@ -11,7 +11,7 @@ import torch
 
 from .contract import Scenario, ScenarioError
 from .datasets import DatasetError, load_dataset, shipped_names
-from .registry import RegistryError, algorithm_info, file_algorithm_info, list_algorithms
+from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
 from .runner import Job, run_jobs
 from .scoring import DEFAULT_SCORER, SCORERS
@@ -51,6 +51,8 @@ def _split(text: str) -> list[str]:
 
 def resolve_algorithms(text: str | None):
     if not text:
+        for reason in broken_algorithms().values():
+            print(f"eplb-bench: warning: {' '.join(reason.split())}", file=sys.stderr)
         return [algorithm_info(name) for name in list_algorithms(include_slow=False)]
     infos = []
     for item in _split(text):

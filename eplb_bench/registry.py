@@ -44,6 +44,8 @@ class AlgorithmInfo:
 
 
 _REGISTRY: dict[str, AlgorithmInfo] = {}
+# Modules or entry points that failed to load: name -> one-line reason.
+_BROKEN: dict[str, str] = {}
 _discovered = False
 
 
@@ -88,7 +90,11 @@ def register(
 
 
 def discover() -> None:
-    """Import every module of `algorithms/` and every entry point, once."""
+    """Import every module of `algorithms/` and every entry point, once.
+
+    A module or entry point that fails to load is recorded in `broken_algorithms()`
+    instead of stopping the others.
+    """
     global _discovered
     if _discovered:
         return
@@ -96,11 +102,23 @@ def discover() -> None:
     package = importlib.import_module("algorithms")
     for module in pkgutil.iter_modules(package.__path__):
         if not module.name.startswith("_"):
-            importlib.import_module(f"algorithms.{module.name}")
+            try:
+                importlib.import_module(f"algorithms.{module.name}")
+            except Exception as exc:  # a contributor's module: report, keep the rest
+                _BROKEN[module.name] = f"algorithms/{module.name}.py failed to import: {type(exc).__name__}: {exc}"
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        loaded = entry.load()
-        if callable(loaded) and entry.name not in _REGISTRY:
-            register(entry.name)(loaded)
+        try:
+            loaded = entry.load()
+            if callable(loaded) and entry.name not in _REGISTRY:
+                register(entry.name)(loaded)
+        except Exception as exc:
+            _BROKEN[entry.name] = f"entry point {entry.name!r} failed to load: {type(exc).__name__}: {exc}"
+
+
+def broken_algorithms() -> dict[str, str]:
+    """Modules and entry points that failed to load, with a one-line reason each."""
+    discover()
+    return dict(_BROKEN)
 
 
 def list_algorithms(include_slow: bool = True) -> list[str]:
@@ -114,6 +132,8 @@ def algorithm_info(name: str) -> AlgorithmInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in _BROKEN:
+            raise RegistryError(_BROKEN[name]) from None
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise RegistryError(f"unknown balancer {name!r} (registered: {known})") from None
 

@@ -21,6 +21,7 @@ def clean_registry(monkeypatch):
     registry.discover()
     monkeypatch.setattr(registry, "_discovered", True)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_BROKEN", dict(registry._BROKEN))
     return registry._REGISTRY
 
 
@@ -99,3 +100,22 @@ def test_entry_points_are_discovered(clean_registry, monkeypatch):
     monkeypatch.setattr(metadata, "entry_points", fake_entry_points)
     monkeypatch.setattr(registry, "_discovered", False)
     assert get_algorithm("unit-plugin") is plugin
+
+
+def test_shipped_modules_all_load():
+    assert registry.broken_algorithms() == {}
+
+
+def test_broken_entry_point_is_reported_not_fatal(clean_registry, monkeypatch):
+    class BrokenEntryPoint:
+        name = "unit-broken"
+
+        def load(self):
+            raise ImportError("missing dependency")
+
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [BrokenEntryPoint()])
+    monkeypatch.setattr(registry, "_discovered", False)
+    assert "deepseek" in list_algorithms() and "unit-broken" not in list_algorithms()
+    assert "ImportError: missing dependency" in registry.broken_algorithms()["unit-broken"]
+    with pytest.raises(RegistryError, match="entry point 'unit-broken' failed to load"):
+        get_algorithm("unit-broken")
