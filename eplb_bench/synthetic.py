@@ -1,136 +1,208 @@
-"""Synthetic per-step expert loads, reproducible from a seed.
+"""Synthetic per-step expert loads of a MoE model, reproducible from a seed.
 
-Model: each layer has expert popularity logits drawn from a normal distribution
-whose spread sets the skew (wider spread, heavier tail). Logits drift slowly as an
-Ornstein-Uhlenbeck walk from step to step. Each step's tokens are over-dispersed:
-the step's expert shares are a Dirichlet draw around the popularity, and the
-routed token counts a multinomial draw from them.
+The model, one idea per function below:
+
+- popularity: each layer's experts get normal scores (the normal quantiles in a random
+  order) times the layer's spread (a few "hot" layers spread wider); near-idle experts
+  are pushed far down;
+- routing: per window, a sample of tokens routes through the logits with Gumbel noise,
+  each token taking its top-k distinct experts, and for group-limited models only
+  inside its top groups (group score: sum of its two best experts, as DeepSeek-V3);
+  the hit counts give the window's expected expert shares;
+- over-dispersion: each step draws its expert shares from a Dirichlet around the
+  expected ones, then its routed tokens from a multinomial of those shares;
+- time: within a phase the scores drift as a random walk from window to window; a
+  new domain draws unrelated scores; a decode phase keeps its domain's scores only
+  partly (correlation `decode_correlation`) and has its own tokens per step.
+
+Steps are summed into windows of `window_steps` steps.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
+from scipy.special import ndtri
+
+# Experts at most this far below the mean score get the odd token but stay near-idle.
+IDLE_DEPTH = 4.0
+# Smallest expected share, so that every expert can be routed to at all.
+SHARE_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of windows served from one domain in one stage (prefill or decode)."""
+
+    windows: int
+    domain: int = 0
+    stage: str = "prefill"
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """Everything that determines a synthetic load history.
-
-    logit_spread: standard deviation of the popularity logits (skew).
-    drift: per-step standard deviation of the logit walk; reversion pulls it back.
-    concentration: Dirichlet concentration of one step's shares (lower, burstier).
-    """
+    """Everything that determines a synthetic load history (see the module docstring)."""
 
     num_layers: int
     num_logical: int
-    num_windows: int
+    top_k: int
+    routing_groups: int = 1
+    topk_groups: int = 0
+    tokens_per_step: int = 8192
+    decode_tokens_per_step: int = 2048
     window_steps: int = 100
-    tokens_per_step: int = 4096
-    top_k: int = 6
     logit_spread: float = 1.0
-    drift: float = 0.02
-    reversion: float = 0.002
-    concentration: float = 400.0
+    hot_layer_share: float = 0.1
+    hot_layer_boost: float = 1.3
+    idle_share: float = 0.0
+    drift: float = 0.15
+    decode_correlation: float = 0.65
+    concentration: float = 100.0
+    route_tokens: int = 2048
+    phases: tuple[Phase, ...] = field(default=(Phase(6, 0, "prefill"), Phase(6, 1, "prefill")))
     seed: int = 0
 
+    @property
+    def num_windows(self) -> int:
+        return sum(phase.windows for phase in self.phases)
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        values["phases"] = [asdict(phase) for phase in self.phases]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SyntheticSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown generator parameters: {sorted(unknown)}")
+        values = dict(values)
+        values["phases"] = tuple(Phase(**phase) for phase in values.get("phases", ()))
+        return cls(**values)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
+def standardized(scores: np.ndarray) -> np.ndarray:
+    """scores: [L, E] -> normal scores of the same ranks, [L, E].
+
+    Every layer gets exactly the normal quantiles (rank + 0.5) / E in the order of
+    `scores`, so layers differ only by which expert is where and by their spread.
+    """
+    ranks = np.argsort(np.argsort(scores, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return ndtri((ranks + 0.5) / scores.shape[-1])
+
+
+def layer_spreads(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
+    """[L] logit spread of each layer: `logit_spread`, times `hot_layer_boost` on hot layers."""
+    spreads = np.full(spec.num_layers, spec.logit_spread)
+    num_hot = round(spec.hot_layer_share * spec.num_layers)
+    spreads[rng.choice(spec.num_layers, num_hot, replace=False)] *= spec.hot_layer_boost
+    return spreads
+
+
+def idle_offsets(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
+    """[L, E] logit offsets: `-IDLE_DEPTH * spread` on `idle_share` of each layer's experts."""
+    offsets = np.zeros((spec.num_layers, spec.num_logical))
+    num_idle = round(spec.idle_share * spec.num_logical)
+    if num_idle:
+        idle = np.argsort(rng.random(offsets.shape), axis=-1)[:, :num_idle]
+        np.put_along_axis(offsets, idle, -IDLE_DEPTH * spec.logit_spread, axis=-1)
+    return offsets
+
+
+def route_shares(rng: np.random.Generator, logits: np.ndarray, spec: SyntheticSpec, chunk: int = 1024) -> np.ndarray:
+    """Expected expert shares from routing `route_tokens` sampled tokens.
+
+    Args:
+        logits: [L, E] expert scores.
+    Returns:
+        [L, E] shares, each row summing to 1.
+    """
+    num_layers, num_logical = logits.shape
+    hits = np.zeros((num_layers, num_logical))
+    layer_index = np.arange(num_layers)[None, :, None]
+    for start in range(0, spec.route_tokens, chunk):
+        tokens = min(chunk, spec.route_tokens - start)
+        scores = logits[None] + rng.gumbel(size=(tokens, num_layers, num_logical))
+        if spec.topk_groups:
+            scores = limit_to_top_groups(scores, spec.routing_groups, spec.topk_groups)
+        chosen = np.argpartition(-scores, spec.top_k - 1, axis=-1)[..., : spec.top_k]
+        np.add.at(hits, (np.broadcast_to(layer_index, chosen.shape), chosen), 1.0)
+    shares = hits / hits.sum(-1, keepdims=True) + SHARE_FLOOR
+    return shares / shares.sum(-1, keepdims=True)
+
+
+def limit_to_top_groups(scores: np.ndarray, num_groups: int, topk_groups: int) -> np.ndarray:
+    """scores: [T, L, E] -> the same with experts outside each token's top groups at -inf."""
+    tokens, layers, experts = scores.shape
+    grouped = scores.reshape(tokens, layers, num_groups, experts // num_groups)
+    group_score = np.sort(grouped, axis=-1)[..., -2:].sum(-1)
+    best_groups = np.argpartition(-group_score, topk_groups - 1, axis=-1)[..., :topk_groups]
+    keep = np.zeros(group_score.shape, dtype=bool)
+    np.put_along_axis(keep, best_groups, True, axis=-1)
+    return np.where(np.repeat(keep, experts // num_groups, axis=-1), scores, -np.inf)
+
+
+def step_loads(rng: np.random.Generator, shares: np.ndarray, routed: int, concentration: float) -> np.ndarray:
+    """One over-dispersed step: shares [L, E] -> routed token counts [L, E] int64."""
+    draw = rng.gamma(concentration * shares)
+    draw /= draw.sum(-1, keepdims=True)
+    return rng.multinomial(routed, draw)
+
+
+def phase_scores(rng: np.random.Generator, spec: SyntheticSpec) -> list[np.ndarray]:
+    """Standardized [L, E] expert scores at the start of each phase.
+
+    Each domain's prefill scores are independent of every other domain's; a decode
+    phase correlates with its domain's prefill scores by `decode_correlation`.
+    """
+    shape = (spec.num_layers, spec.num_logical)
+    domains: dict[int, np.ndarray] = {}
+    starts = []
+    for phase in spec.phases:
+        if phase.domain not in domains:
+            domains[phase.domain] = standardized(rng.normal(size=shape))
+        base = domains[phase.domain]
+        if phase.stage == "decode":
+            rho = spec.decode_correlation
+            base = standardized(rho * base + np.sqrt(1 - rho**2) * rng.normal(size=shape))
+        starts.append(base)
+    return starts
+
+
+def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Generate the load history of `spec`, or its first `max_windows` windows.
+
+    A prefix is exactly the start of the full history (the random stream is the same).
+    Returns:
+        windows: [num_windows, L, E] int64, each the sum of `window_steps` steps;
+        first_steps: [keep_steps, L, E] int64, the first steps of window 0.
+    """
+    rng = np.random.default_rng(spec.seed)
+    spreads = layer_spreads(rng, spec)[:, None]
+    offsets = idle_offsets(rng, spec)
+    total = spec.num_windows if max_windows is None else min(max_windows, spec.num_windows)
+    windows = np.zeros((total, spec.num_layers, spec.num_logical), dtype=np.int64)
+    kept = []
+    window = 0
+    for phase, scores in zip(spec.phases, phase_scores(rng, spec)):
+        tokens = spec.decode_tokens_per_step if phase.stage == "decode" else spec.tokens_per_step
+        for _ in range(phase.windows):
+            if window == total:
+                break
+            shares = route_shares(rng, spreads * scores + offsets, spec)
+            for step in range(spec.window_steps):
+                loads = step_loads(rng, shares, tokens * spec.top_k, spec.concentration)
+                windows[window] += loads
+                if window == 0 and step < keep_steps:
+                    kept.append(loads)
+            scores = standardized(scores + spec.drift * rng.normal(size=scores.shape))
+            window += 1
+    first_steps = np.stack(kept) if kept else np.zeros((0, spec.num_layers, spec.num_logical), dtype=np.int64)
+    return windows, first_steps
 
 
 def generate_windows(spec: SyntheticSpec) -> np.ndarray:
-    """Per-window expert loads, [num_windows, num_layers, num_logical] int64.
-
-    Steps are generated one at a time (all layers together) and summed into windows
-    of `window_steps` steps.
-    """
-    rng = np.random.default_rng(spec.seed)
-    shape = (spec.num_layers, spec.num_logical)
-    anchor = rng.normal(0.0, spec.logit_spread, size=shape)
-    logits = anchor.copy()
-    routed = spec.tokens_per_step * spec.top_k
-    windows = np.zeros((spec.num_windows, *shape), dtype=np.int64)
-    for window in range(spec.num_windows):
-        for _ in range(spec.window_steps):
-            logits += spec.reversion * (anchor - logits) + rng.normal(0.0, spec.drift, size=shape)
-            alpha = spec.concentration * _softmax(logits)
-            shares = rng.gamma(alpha)
-            shares /= shares.sum(-1, keepdims=True)
-            windows[window] += rng.multinomial(routed, shares)
-    return windows
-
-
-def write_dataset(
-    directory, name: str, spec: SyntheticSpec, num_groups: int, scenarios: list[dict], description: str
-) -> dict:
-    """Generate `spec`, write `<name>.npz` and its manifest `<name>.json` into `directory`.
-
-    The .npz is written first under a temporary name and renamed, then the manifest,
-    so an interrupted write leaves no manifest pointing at a partial file.
-    Returns the manifest.
-    """
-    import hashlib
-    import json
-    from pathlib import Path
-
-    directory = Path(directory)
-    windows = generate_windows(spec)
-    data_path = directory / f"{name}.npz"
-    partial = directory / f".{name}.npz.partial"
-    with open(partial, "wb") as handle:
-        np.savez_compressed(handle, windows=windows.astype(np.int64))
-    partial.replace(data_path)
-    manifest = {
-        "name": name,
-        "file": data_path.name,
-        "sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
-        "description": description,
-        "provenance": "synthetic, generated by eplb_bench.synthetic from the generator parameters below",
-        "num_layers": spec.num_layers,
-        "num_logical": spec.num_logical,
-        "num_windows": spec.num_windows,
-        "num_groups": num_groups,
-        "top_k": spec.top_k,
-        "window_steps": spec.window_steps,
-        "scenarios": scenarios,
-        "generator": spec.as_dict(),
-    }
-    (directory / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-MINI_V2_LITE = SyntheticSpec(
-    num_layers=26, num_logical=64, num_windows=13, top_k=6, tokens_per_step=4096,
-    logit_spread=0.8, drift=0.03, reversion=0.002, concentration=400.0, seed=2026,
-)
-MINI_V2_LITE_SCENARIOS = [
-    {"num_replicas": 288, "num_groups": 8, "num_nodes": 4, "num_gpus": 32},
-    {"num_replicas": 80, "num_groups": 8, "num_nodes": 2, "num_gpus": 16},
-    {"num_replicas": 96, "num_groups": 8, "num_nodes": 3, "num_gpus": 12},
-]
-
-
-def write_default_dataset(directory) -> dict:
-    """The small default dataset shipped with the harness (regenerate with `python -m eplb_bench.synthetic`)."""
-    return write_dataset(
-        directory,
-        "mini-v2-lite",
-        MINI_V2_LITE,
-        num_groups=8,
-        scenarios=MINI_V2_LITE_SCENARIOS,
-        description="DeepSeek-V2-Lite shape (26 layers x 64 experts, top-6), 13 windows of 100 steps; "
-        "scenarios: the public evaluators' (288 slots, 4 nodes, 32 GPUs, hierarchical), "
-        "80 slots on 16 GPUs in 2 nodes (hierarchical), 96 slots on 12 GPUs in 3 nodes (global policy)",
-    )
-
-
-if __name__ == "__main__":
-    from .datasets import datasets_dir
-
-    print(write_default_dataset(datasets_dir())["sha256"])
+    """[num_windows, L, E] int64 windows of `spec`."""
+    return generate(spec)[0]

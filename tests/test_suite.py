@@ -1,0 +1,123 @@
+"""The standard suite: shipped, reproducible, and calibrated to published figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from eplb_bench import load_dataset
+from eplb_bench.datasets import datasets_dir, shipped_names, verify_manifest
+from eplb_bench.loadstats import (
+    contiguous_gpu_imbalance,
+    gini,
+    max_over_mean,
+    rank_correlation,
+    top_share,
+)
+from eplb_bench.suite import SUITE, regenerates_identically
+from eplb_bench.synthetic import SyntheticSpec, generate
+
+SUITE_NAMES = ["deepseek-v3", "deepseek-v2-lite", "qwen3-235b", "qwen3-30b", "kimi-k2", "gpt-oss-120b", "mixtral-8x7b"]
+
+
+def windows_of(name):
+    return load_dataset(name).windows.numpy()
+
+
+def manifest_of(name):
+    return json.loads((datasets_dir() / f"{name}.json").read_text())
+
+
+def test_the_suite_ships_complete():
+    assert set(SUITE_NAMES) <= set(shipped_names())
+    total = sum(p.stat().st_size for p in datasets_dir().iterdir())
+    assert total < 20 * 2**20
+    for name in SUITE_NAMES:
+        manifest = manifest_of(name)
+        data = load_dataset(name)
+        assert data.num_windows >= 12
+        assert (manifest["num_layers"], manifest["num_logical"]) == tuple(data.windows.shape[1:])
+        assert data.scenarios and verify_manifest(datasets_dir() / f"{name}.json") is None
+        stages = {(p["domain"], p["stage"]) for p in manifest["phases"]}
+        assert len({domain for domain, _ in stages}) >= 2, "needs a domain switch"
+        assert any(p["windows"][1] - p["windows"][0] >= 2 for p in manifest["phases"]), "needs a drift period"
+        for key in ("top_k", "num_groups", "generator", "sha256", "provenance", "statistics"):
+            assert key in manifest
+        assert manifest["provenance"].startswith("synthetic")
+
+
+def test_model_shapes_and_scenarios():
+    shapes = {name: tuple(load_dataset(name).windows.shape[1:]) for name in SUITE_NAMES}
+    assert shapes == {"deepseek-v3": (58, 256), "deepseek-v2-lite": (26, 64), "qwen3-235b": (94, 128),
+                      "qwen3-30b": (48, 128), "kimi-k2": (60, 384), "gpt-oss-120b": (36, 128), "mixtral-8x7b": (32, 8)}
+    scenarios = {name: [s.as_dict() for s in load_dataset(name).scenarios] for name in SUITE_NAMES}
+    assert scenarios["deepseek-v3"] == [{"num_replicas": 288, "num_groups": 8, "num_nodes": 4, "num_gpus": 32},
+                                        {"num_replicas": 288, "num_groups": 8, "num_nodes": 18, "num_gpus": 144}]
+    assert scenarios["kimi-k2"] == [{"num_replicas": 480, "num_groups": 1, "num_nodes": 12, "num_gpus": 96}]
+    assert [s["num_replicas"] for s in scenarios["qwen3-30b"]] == [128, 144]
+
+
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_regenerating_from_the_manifest_reproduces_the_file(name):
+    assert regenerates_identically(datasets_dir() / f"{name}.json") is None
+
+
+def test_generator_prefix_is_the_start_of_the_full_history():
+    spec = SyntheticSpec.from_dict(manifest_of("mixtral-8x7b")["generator"])
+    assert np.array_equal(generate(spec, max_windows=2)[0], generate(spec)[0][:2])
+
+
+def test_deepseek_v3_one_step_gpu_imbalance_at_ep32():
+    # Published: per-iteration GPU max/mean ~2.56 at EP32 with contiguous placement.
+    spec = SUITE["deepseek-v3"].spec
+    _, steps = generate(spec, keep_steps=10, max_windows=1)
+    per_step = contiguous_gpu_imbalance(steps, 32).mean(-1)
+    assert 2.0 <= per_step.mean() <= 3.2
+    window = contiguous_gpu_imbalance(windows_of("deepseek-v3")[0], 32).mean()
+    assert 1.3 <= per_step.mean() / window <= 1.8, "one step should be about 1.5x the aggregate"
+
+
+@pytest.mark.parametrize("name", ["qwen3-235b", "qwen3-30b"])
+def test_qwen3_windows_match_published_skew(name):
+    windows = windows_of(name)
+    assert 5 <= max_over_mean(windows).min() and max_over_mean(windows).max() <= 16
+    assert 0.5 <= gini(windows).min() and gini(windows).max() <= 0.75
+    assert 0.3 <= top_share(windows).min() and top_share(windows).max() <= 0.6
+
+
+def test_mixtral_is_markedly_flatter():
+    flat = np.median(max_over_mean(windows_of("mixtral-8x7b")))
+    for name in ["deepseek-v3", "qwen3-235b", "qwen3-30b", "kimi-k2", "gpt-oss-120b"]:
+        assert np.median(max_over_mean(windows_of(name))) > 2 * flat
+    assert gini(windows_of("mixtral-8x7b")).max() < 0.3
+
+
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_rank_correlation_within_and_across_domains(name):
+    windows = windows_of(name)
+    phases = manifest_of(name)["phases"]
+    for phase in phases:
+        first, last = phase["windows"]
+        for i in range(first, last):
+            assert rank_correlation(windows[i], windows[i + 1]) >= 0.8
+    domains = {}
+    for phase in phases:
+        domains.setdefault(phase["domain"], phase["windows"][0])
+    a, b = sorted(domains.values())[:2]
+    assert abs(rank_correlation(windows[a], windows[b])) < 0.2
+
+
+def test_rank_correlation_by_hand():
+    a = np.array([[1.0, 2.0, 3.0, 4.0]])
+    assert rank_correlation(a, a) == pytest.approx(1.0)
+    assert rank_correlation(a, a[:, ::-1]) == pytest.approx(-1.0)
+    # ranks [0,1,2,3] vs [1,0,3,2]: 1 - 6 * 4 / (4 * 15) = 0.6
+    assert rank_correlation(a, np.array([[2.0, 1.0, 4.0, 3.0]])) == pytest.approx(0.6)
+
+
+def test_statistics_by_hand():
+    loads = np.array([[0.0, 0.0, 0.0, 8.0], [2.0, 2.0, 2.0, 2.0]])
+    assert max_over_mean(loads).tolist() == [4.0, 1.0]
+    assert gini(loads).tolist() == pytest.approx([0.75, 0.0])
+    assert top_share(loads, 0.25).tolist() == [1.0, 0.25]
+    assert contiguous_gpu_imbalance(loads, 2).tolist() == [2.0, 1.0]
