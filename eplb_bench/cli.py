@@ -10,7 +10,16 @@ from pathlib import Path
 import torch
 
 from .contract import Scenario, ScenarioError
-from .datasets import DatasetError, load_dataset, shipped_names
+from .datasets import (
+    DEFAULT_WINDOW_STEPS,
+    DatasetError,
+    datasets_dir,
+    import_dataset,
+    load_dataset,
+    parse_predictor,
+    shipped_names,
+    verify_manifest,
+)
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
 from .runner import Job, run_jobs
@@ -39,9 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus", type=int, help="GPUs")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     run.add_argument("--repeat", type=int, default=1, help="timed calls per window (default 1)")
+    run.add_argument("--predictor", default="last",
+                     help="what the balancer plans on: last (window i, default) or ema:ALPHA")
+    run.add_argument("--window-steps", type=int, default=DEFAULT_WINDOW_STEPS,
+                     help="steps per window when reading per-step files (default 100)")
     run.add_argument("--scorer", default=DEFAULT_SCORER, choices=sorted(SCORERS), help="ranking score")
     run.add_argument("--json", action="store_true", help="print one JSON record per line instead of tables")
     run.add_argument("--out", help="append JSON records to this file as they finish")
+    data = commands.add_parser("datasets", help="list, show, verify and import datasets")
+    data_commands = data.add_subparsers(dest="datasets_command", parser_class=Parser)
+    data_commands.add_parser("list", help="every shipped dataset (the default)")
+    show = data_commands.add_parser("show", help="a dataset's manifest statistics")
+    show.add_argument("name")
+    verify = data_commands.add_parser("verify", help="check every data file against its manifest's sha256")
+    verify.add_argument("--regenerate", action="store_true",
+                        help="also regenerate synthetic datasets from their manifests and compare")
+    load = data_commands.add_parser("import", help="turn a load file into a manifest-backed dataset")
+    load.add_argument("path", help="a vLLM/ADRS .json load history, an SGLang .pt dump or an .npz")
+    load.add_argument("--name", required=True, help="the new dataset's name")
+    load.add_argument("--groups", type=int, default=1, help="expert groups of the model (default 1)")
+    load.add_argument("--window-steps", type=int, default=DEFAULT_WINDOW_STEPS, help="steps per window (default 100)")
+    load.add_argument("--scenario", action="append", default=[], metavar="R,G,N,P",
+                      help="a default scenario: replicas,groups,nodes,gpus (repeatable)")
+    load.add_argument("--force", action="store_true", help="replace a dataset of the same name")
     return parser
 
 
@@ -54,9 +83,9 @@ def resolve_algorithms(text: str | None):
         for reason in broken_algorithms().values():
             print(f"eplb-bench: warning: {' '.join(reason.split())}", file=sys.stderr)
         return [algorithm_info(name) for name in list_algorithms(include_slow=False)]
-    infos = []
-    for item in _split(text):
-        infos.append(file_algorithm_info(item) if item.endswith(".py") else algorithm_info(item))
+    infos = [file_algorithm_info(item) if item.endswith(".py") else algorithm_info(item) for item in _split(text)]
+    if not infos:
+        raise UsageError(f"--algorithms names no balancer: {text!r}")
     return infos
 
 
@@ -68,9 +97,11 @@ def resolve_device(text: str) -> str:
     if not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
     try:
-        torch.device(text)
+        index = torch.device(text).index
     except RuntimeError:
         raise UsageError(f"--device: invalid device {text!r}") from None
+    if index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return text
 
 
@@ -80,8 +111,8 @@ def scenario_override(args) -> dict | None:
         return None
     if args.replicas is None or args.gpus is None:
         raise UsageError("--replicas and --gpus must be given together (with optional --nodes and --groups)")
-    return {"num_replicas": args.replicas, "num_groups": args.groups, "num_nodes": args.nodes or 1,
-            "num_gpus": args.gpus}
+    return {"num_replicas": args.replicas, "num_groups": args.groups,
+            "num_nodes": 1 if args.nodes is None else args.nodes, "num_gpus": args.gpus}
 
 
 def scenarios_for(dataset, override: dict | None) -> list[Scenario]:
@@ -90,7 +121,7 @@ def scenarios_for(dataset, override: dict | None) -> list[Scenario]:
             raise UsageError(f"dataset {dataset.name} has no default scenario: give --replicas and --gpus")
         scenarios = dataset.scenarios
     else:
-        groups = override["num_groups"] or dataset.num_groups
+        groups = dataset.num_groups if override["num_groups"] is None else override["num_groups"]
         scenarios = [Scenario(override["num_replicas"], groups, override["num_nodes"], override["num_gpus"])]
     for scenario in scenarios:
         try:
@@ -111,14 +142,21 @@ def command_list(args) -> int:
 def command_run(args) -> int:
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
+    if args.window_steps < 1:
+        raise UsageError("--window-steps must be at least 1")
+    try:
+        predictor = parse_predictor(args.predictor)
+    except ValueError as exc:
+        raise UsageError(f"--predictor: {exc}") from None
     device = resolve_device(args.device)
     algorithms = resolve_algorithms(args.algorithms)
-    datasets = [load_dataset(name) for name in (_split(args.datasets) if args.datasets else shipped_names())]
+    names = _split(args.datasets) if args.datasets else shipped_names()
+    datasets = [load_dataset(name, window_steps=args.window_steps) for name in names]
     if not datasets:
-        raise UsageError("no datasets: none shipped and none given with --datasets")
+        raise UsageError(f"no datasets: none shipped in {datasets_dir()} and none given with --datasets")
     override = scenario_override(args)
     jobs = [
-        Job(info, dataset, scenario, device)
+        Job(info, dataset, scenario, device, predictor)
         for dataset in datasets
         for scenario in scenarios_for(dataset, override)
         for info in algorithms
@@ -145,13 +183,94 @@ def command_run(args) -> int:
     return 0
 
 
+def parse_scenario(text: str) -> Scenario:
+    try:
+        replicas, groups, nodes, gpus = (int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--scenario expects R,G,N,P (four integers), got {text!r}") from None
+    return Scenario(replicas, groups, nodes, gpus)
+
+
+def _manifest(name: str) -> dict:
+    if name not in shipped_names():
+        raise UsageError(f"no shipped dataset named {name!r} (shipped: {', '.join(shipped_names()) or 'none'})")
+    return json.loads((datasets_dir() / f"{name}.json").read_text())
+
+
+def _range(summary: dict | None, digits: int = 2) -> str:
+    if not summary:
+        return "-"
+    return f"{summary['median']:.{digits}f} [{summary['min']:.{digits}f}, {summary['max']:.{digits}f}]"
+
+
+def command_datasets(args) -> int:
+    action = args.datasets_command or "list"
+    if action == "list":
+        print(f"{'name':18s} {'model':18s} {'layers x experts':>16s} {'top-k':>5s} {'groups':>6s} {'windows':>7s}  scenarios (R/G/N/P)")
+        for name in shipped_names():
+            m = _manifest(name)
+            scenarios = "; ".join(
+                f"{s.get('name') or 'default'}: {s['num_replicas']}/{s['num_groups']}/{s['num_nodes']}/{s['num_gpus']}"
+                for s in m.get("scenarios", [])
+            )
+            shape = f"{m.get('num_layers', '?')} x {m.get('num_logical', '?')}"
+            print(f"{name:18s} {str(m.get('model', '-')):18s} {shape:>16s} {str(m.get('top_k', '-')):>5s} "
+                  f"{m.get('num_groups', 1):>6} {m.get('num_windows', '?'):>7}  {scenarios}")
+        return 0
+    if action == "show":
+        m = _manifest(args.name)
+        stats = m.get("statistics", {})
+        print(f"{m['name']}: {m.get('model', '')} {m.get('num_layers')} layers x {m.get('num_logical')} experts, "
+              f"top-{m.get('top_k', '?')}, {m.get('num_groups', 1)} groups, {m.get('num_windows')} windows "
+              f"of {m.get('window_steps')} steps")
+        print(f"file: {m['file']}  sha256: {m['sha256']}")
+        print(f"provenance: {m.get('provenance', '-')}")
+        for phase in m.get("phases", []):
+            print(f"windows {phase['windows'][0]}-{phase['windows'][1]}: domain {phase['domain']}, {phase['stage']}")
+        print("statistics (median [min, max] over layers and windows):")
+        rows = [
+            ("expert max/mean", _range(stats.get("expert_max_over_mean"))),
+            ("Gini", _range(stats.get("gini"))),
+            ("top-10% share", _range(stats.get("top10_share"))),
+            ("experts under 1% of mean", _range(stats.get("idle_experts_per_layer"), 0)),
+            (f"GPU max/mean, contiguous on {stats.get('contiguous_gpus', '?')} GPUs, window",
+             _range(stats.get("gpu_max_over_mean_window"))),
+            ("  the same, one step", _range(stats.get("gpu_max_over_mean_step"))),
+            ("rank correlation of consecutive windows",
+             " ".join(f"{c:.2f}" for c in stats.get("rank_correlation_consecutive", [])) or "-"),
+        ]
+        for label, value in rows:
+            print(f"  {label:52s} {value}")
+        return 0
+    if action == "verify":
+        failures = 0
+        for name in shipped_names():
+            problem = verify_manifest(datasets_dir() / f"{name}.json")
+            if problem is None and args.regenerate:
+                from .suite import regenerates_identically
+
+                problem = regenerates_identically(datasets_dir() / f"{name}.json")
+                problem = None if problem and problem.startswith("not synthetic") else problem
+            failures += problem is not None
+            print(f"{name:18s} {'ok' if problem is None else 'FAILED: ' + problem}")
+        return 1 if failures else 0
+    if action == "import":
+        scenarios = [parse_scenario(text) for text in args.scenario]
+        manifest = import_dataset(args.path, args.name, num_groups=args.groups, scenarios=scenarios,
+                                  window_steps=args.window_steps, force=args.force)
+        print(f"imported {manifest['name']}: {manifest['num_windows']} windows of {manifest['num_layers']} x "
+              f"{manifest['num_logical']} into {datasets_dir() / manifest['file']}")
+        return 0
+    raise UsageError(f"unknown datasets command {action!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv or ["run"])
         if args.command is None:
             args = build_parser().parse_args(["run", *argv])
-        handler = {"list": command_list, "run": command_run}[args.command]
+        handler = {"list": command_list, "run": command_run, "datasets": command_datasets}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ Slot `p` lives on GPU `p // (num_replicas // num_gpus)`, GPU `g` on node
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -41,6 +41,7 @@ class Scenario:
     num_groups: int
     num_nodes: int
     num_gpus: int
+    name: str = field(default="", compare=False)
 
     @property
     def slots_per_gpu(self) -> int:
@@ -68,8 +69,7 @@ class Scenario:
 
     def check(self, num_logical: int) -> None:
         """Raise ScenarioError unless the scenario fits a model of `num_logical` experts."""
-        values = self.as_dict()
-        for key, value in values.items():
+        for key, value in self.as_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ScenarioError(f"{key} must be a positive integer, got {value!r}")
         if self.num_replicas < num_logical:

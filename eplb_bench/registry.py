@@ -29,8 +29,8 @@ class RegistryError(LookupError):
 class AlgorithmInfo:
     """A registered balancer and what the harness should know about it.
 
-    `devices` lists the devices the balancer computes on natively; on any other
-    device it still runs, moving its input to the CPU and its output back.
+    `devices` lists the devices the balancer computes on natively (information for
+    reports: a balancer gets its input on the run's device and moves it itself).
     `slow` balancers run only when named explicitly.
     """
 
@@ -104,14 +104,20 @@ def discover() -> None:
         if not module.name.startswith("_"):
             try:
                 importlib.import_module(f"algorithms.{module.name}")
-            except Exception as exc:  # a contributor's module: report, keep the rest
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a contributor's module: report, keep the rest
                 _BROKEN[module.name] = f"algorithms/{module.name}.py failed to import: {type(exc).__name__}: {exc}"
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry.load()
-            if callable(loaded) and entry.name not in _REGISTRY:
+            if callable(loaded) and _REGISTRY.get(entry.name, None) is None:
                 register(entry.name)(loaded)
-        except Exception as exc:
+            elif callable(loaded) and _REGISTRY[entry.name].function is not loaded:
+                raise RegistryError(f"the name is already registered by {_REGISTRY[entry.name].source}")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             _BROKEN[entry.name] = f"entry point {entry.name!r} failed to load: {type(exc).__name__}: {exc}"
 
 
@@ -161,7 +167,9 @@ def load_algorithm_file(path: str | Path) -> Callable:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the file is someone else's code: report, do not crash
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the file is someone else's code, SystemExit included
         sys.modules.pop(module_name, None)
         raise RegistryError(f"{path} failed to import: {type(exc).__name__}: {exc}") from None
     function = getattr(module, "rebalance_experts", None)

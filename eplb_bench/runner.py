@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .contract import PlacementError, Scenario, as_placement, validate_placement
-from .datasets import Dataset
+from .datasets import Dataset, Predictor, predicted_windows
 from .registry import AlgorithmInfo
 from .scoring import all_scores
 from .simulate import internode_share, placement_metrics
@@ -43,6 +43,7 @@ class Job:
     dataset: Dataset
     scenario: Scenario
     device: str = "cpu"
+    predictor: Predictor = Predictor()
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -67,7 +68,9 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario):
             weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus
         )
         _synchronize(weight.device)
-    except Exception as exc:  # a balancer is untrusted code: record, never crash
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # untrusted code, SystemExit included: record, never crash
         raise BalancerFailure("error", f"{type(exc).__name__}: {exc}") from None
     return output, time.perf_counter() - start
 
@@ -120,11 +123,13 @@ def base_record(job: Job, repeat: int) -> dict:
     return {
         "algorithm": job.algorithm.name,
         "dataset": dataset.name,
+        "scenario": scenario.name,
         "num_layers": dataset.num_layers,
         "num_logical": dataset.num_logical,
         **scenario.as_dict(),
         "policy": "hierarchical" if scenario.hierarchical else "global",
         "device": job.device,
+        "predictor": job.predictor.label(),
         "repeat": repeat,
         "status": "ok",
         "error": None,
@@ -136,6 +141,8 @@ def base_record(job: Job, repeat: int) -> dict:
         "balancedness_node": None,
         "internode_share": None,
         "runtime_ms": None,
+        "runtime_ms_min": None,
+        "runtime_ms_max": None,
         "scores": None,
         "eplb_bench_version": __version__,
         "host": host_info(job.device),
@@ -146,17 +153,20 @@ def base_record(job: Job, repeat: int) -> dict:
 def run_job(job: Job, repeat: int = 1) -> dict:
     """Plan on each window but the last, score on the next one; one record.
 
+    The balancer plans on the predictor's view of window i (window i itself by
+    default); scoring is on the real windows i + 1 (next) and i (in-sample).
     Metrics are means over window pairs; runtime_ms is the median of all timed calls.
     """
     record = base_record(job, repeat)
     scenario = job.scenario
     windows = job.dataset.windows.to(job.device)
+    planned = predicted_windows(windows, job.predictor)
     next_window, in_sample, shares, seconds = [], [], [], []
     window = None
     try:
-        timed_call(job.algorithm, windows[0].clone(), scenario)  # warm-up, untimed
+        timed_call(job.algorithm, planned[0].clone(), scenario)  # warm-up, untimed
         for window in range(windows.shape[0] - 1):
-            placement, elapsed = plan(job.algorithm, windows[window], scenario, repeat)
+            placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat)
             seconds.extend(elapsed)
             phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
             next_window.append(placement_metrics(windows[window + 1], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
@@ -169,6 +179,8 @@ def run_job(job: Job, repeat: int = 1) -> dict:
         return record
     median = statistics.median(seconds)
     record.update(
+        runtime_ms_min=min(seconds) * 1e3,
+        runtime_ms_max=max(seconds) * 1e3,
         windows_scored=len(next_window),
         balancedness_gpu=_mean([m["balancedness_gpu"] for m in next_window]),
         balancedness_gpu_insample=_mean([m["balancedness_gpu"] for m in in_sample]),

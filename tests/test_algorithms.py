@@ -137,3 +137,56 @@ def test_cuda_input_gives_valid_placement(golden_weight):
         phy2log, log2phy, logcnt = get_algorithm(name)(golden_weight.cuda(), 16, 4, 2, 8)
         assert phy2log.device.type == "cuda"
         validate_placement(phy2log, log2phy, logcnt, num_logical=12, num_replicas=16, num_gpus=8)
+
+
+def max_gpu_load(name, weight, scenario):
+    phy2log, _, logcnt = get_algorithm(name)(weight, *scenario.as_dict().values())
+    slots = (weight.double() / logcnt).gather(1, phy2log)
+    return slots.view(weight.shape[0], scenario.num_gpus, -1).sum(-1).max().item(), logcnt
+
+
+def test_registered_refinement_changes_the_gpu_packing():
+    weight = torch.tensor([[8, 7, 6, 5, 4, 1]])
+    scenario = Scenario(6, 1, 1, 2)  # no spare slot: only the packing differs
+    assert max_gpu_load("deepseek", weight, scenario)[0] == 17.0
+    assert max_gpu_load("hybrid_replication", weight, scenario)[0] == 17.0
+    assert max_gpu_load("refined_packing", weight, scenario)[0] == 16.0
+    assert max_gpu_load("seed", weight, scenario)[0] == 16.0
+
+
+def test_registered_hybrid_replication_changes_the_counts():
+    weight = torch.tensor([[12, 5]])
+    scenario = Scenario(4, 1, 1, 2)
+    assert max_gpu_load("deepseek", weight, scenario)[1].tolist() == [[3, 1]]
+    assert max_gpu_load("refined_packing", weight, scenario)[1].tolist() == [[3, 1]]
+    assert max_gpu_load("hybrid_replication", weight, scenario)[1].tolist() == [[2, 2]]
+    assert max_gpu_load("seed", weight, scenario)[1].tolist() == [[2, 2]]
+
+
+def scan_packing(weight, num_packs):
+    """The reference's packing: scan every open pack for the lightest, item by item."""
+    rows, num_items = weight.shape
+    capacity = num_items // num_packs
+    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
+    pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
+    rank = pack_index.clone()
+    for row in range(rows):
+        loads, counts = [0] * num_packs, [0] * num_packs
+        for item in order[row]:
+            pack = min((p for p in range(num_packs) if counts[p] < capacity), key=loads.__getitem__)
+            pack_index[row, item], rank[row, item] = pack, counts[pack]
+            loads[pack] += weight[row, item]
+            counts[pack] += 1
+    return pack_index, rank
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_heap_packing_makes_the_reference_choices(seed):
+    generator = torch.Generator().manual_seed(seed)
+    packs, capacity = int(torch.randint(2, 12, (1,), generator=generator)), int(torch.randint(2, 6, (1,), generator=generator))
+    weight = torch.randint(0, 5, (4, packs * capacity), generator=generator).float()  # many ties
+    if seed % 2:
+        weight = torch.rand(4, packs * capacity, generator=generator)
+    expected = scan_packing(weight, packs)
+    actual = greedy_packing(weight, packs)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])

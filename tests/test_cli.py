@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from eplb_bench import list_algorithms, load_dataset
 from eplb_bench.cli import main
+from eplb_bench.datasets import shipped_names
 
 RECORD_FIELDS = {
     "algorithm", "dataset", "num_replicas", "num_groups", "num_nodes", "num_gpus", "device", "status",
     "error", "balancedness_gpu", "balancedness_gpu_insample", "balancedness_slot", "internode_share",
-    "runtime_ms", "scores",
+    "runtime_ms", "scores", "predictor", "scenario",
 }
 
 
@@ -26,17 +28,20 @@ def main_job_records():
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_main_job_reports_the_seed_family_ok(main_job_records):
-    seen = {(r["algorithm"], r["num_replicas"]) for r in main_job_records}
-    for name in ["deepseek", "refined_packing", "hybrid_replication", "seed"]:
-        for replicas in (288, 80, 96):
-            assert (name, replicas) in seen
+def test_main_job_runs_every_balancer_on_every_suite_scenario(main_job_records):
+    seen = {(r["algorithm"], r["dataset"], r["num_replicas"], r["num_gpus"]) for r in main_job_records}
+    expected_scenarios = {(d, s.num_replicas, s.num_gpus) for d in shipped_names() for s in load_dataset(d).scenarios}
+    assert len(expected_scenarios) >= 9
+    for name in list_algorithms(include_slow=False):
+        for dataset, replicas, gpus in expected_scenarios:
+            assert (name, dataset, replicas, gpus) in seen
     for record in main_job_records:
         assert RECORD_FIELDS <= set(record)
         assert record["status"] == "ok", record["error"]
-        assert record["dataset"] == "mini-v2-lite" and record["device"] == "cpu"
+        assert record["device"] == "cpu" and record["predictor"] == "last"
         assert 0 < record["balancedness_gpu"] <= 1 and 0 < record["balancedness_slot"] <= 1
         assert record["balancedness_gpu"] <= record["balancedness_gpu_insample"] + 0.05
+        assert record["runtime_ms_min"] <= record["runtime_ms"] <= record["runtime_ms_max"]
         assert set(record["scores"]) == {"adrs", "skydiscover", "adrs_leaderboard"}
 
 
@@ -68,7 +73,7 @@ def test_program_file_as_algorithm(small_npz, tmp_path, capsys):
     assert main(["run", "--json", "--algorithms", str(program), "--datasets", str(small_npz),
                  "--replicas", "24", "--gpus", "8"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["algorithm"] == "mine" and record["status"] == "ok" and record["num_groups"] == 1
+    assert record["algorithm"] == "mine" and record["status"] == "ok" and record["num_groups"] == 8
 
 
 def test_list(capsys):
@@ -89,7 +94,7 @@ ERROR_CASES = [
     (["run", "--algorithms", "nope"], 1, "unknown balancer 'nope'"),
     (["run", "--datasets", "nope"], 1, "no dataset named 'nope'"),
     (["run", "--datasets", "{dir}/absent.npz"], 1, "no such file"),
-    (["run", "--datasets", "{dir}/broken.json"], 1, "not valid JSON"),
+    (["run", "--datasets", "{dir}/broken.json"], 1, 'expected an object with a non-empty "load_history" list'),
     (["run", "--datasets", "{dir}/nan.npz"], 1, "NaN or infinite"),
     (["run", "--datasets", "{dir}/neg.npz"], 1, "negative values"),
     (["run", "--datasets", "{dir}/flat.npz"], 1, "expected [windows, layers, experts]"),
@@ -97,6 +102,16 @@ ERROR_CASES = [
     (["run", "--replicas", "288", "--groups", "7", "--gpus", "32"], 2, "not divisible into num_groups=7"),
     (["run", "--replicas", "288"], 2, "--replicas and --gpus must be given together"),
     (["run", "--replicas", "abc"], 2, "invalid int value: 'abc'"),
+    (["run", "--datasets", "mixtral-8x7b", "--replicas", "16", "--gpus", "8", "--nodes", "0"], 2,
+     "num_nodes must be a positive integer"),
+    (["run", "--datasets", "mixtral-8x7b", "--replicas", "16", "--gpus", "8", "--groups", "0"], 2,
+     "num_groups must be a positive integer"),
+    (["run", "--algorithms", ","], 2, "--algorithms names no balancer"),
+    (["run", "--predictor", "ema:2"], 2, "--predictor: unknown predictor 'ema:2'"),
+    (["run", "--window-steps", "0"], 2, "--window-steps must be at least 1"),
+    (["datasets", "show", "nope"], 2, "no shipped dataset named 'nope'"),
+    (["datasets", "import", "{dir}/broken.json", "--name", "x"], 1, "broken.json: expected an object"),
+    (["datasets", "import", "{dir}/nan.npz", "--name", "x", "--scenario", "1,2"], 2, "--scenario expects R,G,N,P"),
     (["run", "--repeat", "0"], 2, "--repeat must be at least 1"),
     (["run", "--device", "tpu"], 2, "--device must be cpu or cuda[:N]"),
     (["run", "--bogus"], 2, "unrecognized arguments: --bogus"),
@@ -129,3 +144,54 @@ def test_installed_entry_point_prints_no_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predictor_is_recorded_and_changes_the_plan(small_npz, capsys):
+    common = ["run", "--json", "--algorithms", "deepseek", "--datasets", str(small_npz), "--replicas", "24", "--gpus", "8"]
+    assert main(common) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert main(common + ["--predictor", "ema:0.5"]) == 0
+    ema = json.loads(capsys.readouterr().out)
+    assert last["predictor"] == "last" and ema["predictor"] == "ema:0.5"
+    assert ema["balancedness_gpu_insample"] != last["balancedness_gpu_insample"]
+
+
+def test_balancer_that_exits_is_recorded(small_npz, tmp_path, capsys):
+    program = tmp_path / "quits.py"
+    program.write_text("import sys\ndef rebalance_experts(*args):\n    sys.exit(3)\n")
+    assert main(["run", "--json", "--algorithms", f"{program},deepseek", "--datasets", str(small_npz),
+                 "--replicas", "24", "--gpus", "8"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in records] == ["error", "ok"]
+    assert records[0]["error"] == "warm-up: SystemExit: 3"
+
+
+def test_datasets_commands(capsys):
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert "deepseek-v3" in listing and "58 x 256" in listing and "decode EP144: 288/8/18/144" in listing
+    assert main(["datasets", "show", "qwen3-235b"]) == 0
+    shown = capsys.readouterr().out
+    assert "Gini" in shown and "rank correlation of consecutive windows" in shown
+    assert main(["datasets", "verify"]) == 0
+    assert all(line.endswith(" ok") for line in capsys.readouterr().out.splitlines())
+
+
+def test_datasets_verify_fails_on_a_changed_file(tmp_path, monkeypatch, capsys):
+    np.savez(tmp_path / "d.npz", windows=np.ones((3, 2, 8)))
+    (tmp_path / "d.json").write_text(json.dumps({"name": "d", "file": "d.npz", "sha256": "0" * 64}))
+    monkeypatch.setenv("EPLB_BENCH_DATASETS", str(tmp_path))
+    assert main(["datasets", "verify"]) == 1
+    assert "FAILED: sha256" in capsys.readouterr().out
+
+
+def test_datasets_import_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EPLB_BENCH_DATASETS", str(tmp_path / "store"))
+    counts = torch.randint(0, 9, (200, 2, 16))
+    torch.save({"logical_count": counts}, tmp_path / "dump.pt")
+    assert main(["datasets", "import", str(tmp_path / "dump.pt"), "--name", "mine", "--groups", "4",
+                 "--scenario", "24,4,2,8"]) == 0
+    assert "imported mine: 2 windows of 2 x 16" in capsys.readouterr().out
+    assert main(["run", "--json", "--algorithms", "seed", "--datasets", "mine"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["dataset"], record["num_replicas"], record["num_groups"], record["status"]) == ("mine", 24, 4, "ok")

@@ -8,33 +8,28 @@ import pytest
 import torch
 
 from eplb_bench import load_dataset
-from eplb_bench.datasets import DatasetError, datasets_dir, sha256_of, shipped_names
-from eplb_bench.synthetic import write_default_dataset
-
-
-def test_default_dataset_ships_with_its_scenarios():
-    assert "mini-v2-lite" in shipped_names()
-    data = load_dataset("mini-v2-lite")
-    assert data.name == "mini-v2-lite"
-    assert tuple(data.windows.shape) == (13, 26, 64)
-    assert data.windows.dtype == torch.int64 and (data.windows >= 0).all()
-    assert data.num_groups == 8
-    assert [s.as_dict() for s in data.scenarios][0] == {"num_replicas": 288, "num_groups": 8, "num_nodes": 4, "num_gpus": 32}
-    # each window sums 100 steps of 4096 tokens routed to 6 experts, in every layer
-    assert (data.windows.sum(-1) == 100 * 4096 * 6).all()
-
-
-def test_shipped_file_matches_manifest_and_regenerates(tmp_path):
-    manifest = json.loads((datasets_dir() / "mini-v2-lite.json").read_text())
-    assert sha256_of(datasets_dir() / manifest["file"]) == manifest["sha256"]
-    assert write_default_dataset(tmp_path)["sha256"] == manifest["sha256"]
+import eplb_bench.datasets as datasets_module
+from eplb_bench import Scenario
+from eplb_bench.datasets import (
+    DatasetError,
+    Predictor,
+    import_dataset,
+    parse_predictor,
+    predicted_windows,
+    verify_manifest,
+)
 
 
 def write_history(path, steps):
-    path.write_text(json.dumps({"load_history": [{"logical_expert_load": s.tolist()} for s in steps]}))
+    # Extra fields around the loads, as real histories have, must be skipped.
+    path.write_text(json.dumps({"model": "m [x]", "load_history": [
+        {"step": i, "logical_expert_load": s.tolist(), "note": "a } b"} for i, s in enumerate(steps)]}))
 
 
-def test_vllm_json_is_summed_into_windows(tmp_path):
+@pytest.mark.parametrize("read_chars", [7, 100, 1 << 22])
+def test_vllm_json_is_summed_into_windows(tmp_path, monkeypatch, read_chars):
+    # Tiny read sizes split keys and numbers across buffer refills.
+    monkeypatch.setattr(datasets_module, "READ_CHARS", read_chars)
     steps = np.arange(250 * 2 * 8).reshape(250, 2, 8) % 13
     path = tmp_path / "expert-load.json"
     write_history(path, steps)
@@ -44,6 +39,43 @@ def test_vllm_json_is_summed_into_windows(tmp_path):
     expected = steps[:200].reshape(2, 100, 2, 8).sum(1)  # the partial third window is dropped
     assert data.windows.tolist() == expected.tolist()
     assert data.scenarios[0].as_dict() == {"num_replicas": 288, "num_groups": 8, "num_nodes": 4, "num_gpus": 32}
+    assert data.num_groups == 8  # the public evaluators' groups, the same as the scenario's
+
+
+def test_vllm_json_window_steps(tmp_path):
+    steps = np.ones((30, 2, 8))
+    write_history(tmp_path / "h.json", steps)
+    data = load_dataset(tmp_path / "h.json", window_steps=10)
+    assert tuple(data.windows.shape) == (3, 2, 8) and int(data.windows[0, 0, 0]) == 10
+
+
+def test_sglang_dump(tmp_path):
+    counts = torch.randint(0, 50, (250, 3, 16))
+    torch.save({"rank": 0, "logical_count": counts}, tmp_path / "dump.pt")
+    data = load_dataset(tmp_path / "dump.pt")
+    assert data.windows.tolist() == counts[:200].view(2, 100, 3, 16).sum(1).tolist()
+    assert data.meta["format"] == "sglang-dump"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"other": torch.zeros(3)}, "expected a dict with a 'logical_count' tensor"),
+        ({"logical_count": torch.zeros(4, 4, 4, 4)}, "expected [steps, layers, experts]"),
+        ({"logical_count": -torch.ones(300, 2, 4)}, "NaN, infinite or negative"),
+        ({"logical_count": torch.ones(2, 4)}, "make 0 window(s)"),
+    ],
+)
+def test_bad_sglang_dumps(tmp_path, content, message):
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_dataset(tmp_path / "bad.pt")
+
+
+def test_sglang_dump_that_is_not_a_torch_file(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="not a readable torch file"):
+        load_dataset(tmp_path / "junk.pt")
 
 
 def test_npz_windows_and_steps(tmp_path):
@@ -66,13 +98,21 @@ def test_shape_without_public_scenario_has_none(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("bad.json", "{not json", "not valid JSON"),
+        ("bad.json", "not json", "not valid JSON (expected an object)"),
+        ("empty.json", "", "not valid JSON (expected an object)"),
         ("nokey.json", json.dumps({"steps": []}), 'expected an object with a non-empty "load_history" list'),
+        ("nosteps.json", json.dumps({"load_history": []}), 'no "logical_expert_load" entries'),
         ("short.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 150}), "make 1 window(s)"),
         ("ragged.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 100
                                     + [{"logical_expert_load": [[1, 2, 3]]}] * 100}), "step 100 has shape (1, 3)"),
         ("flat.json", json.dumps({"load_history": [{"logical_expert_load": [1, 2]}] * 200}), "expected [layers, experts]"),
         ("text.json", json.dumps({"load_history": [{"logical_expert_load": [["a", "b"]]}] * 200}), "malformed logical_expert_load"),
+        ("neg.json", json.dumps({"load_history": [{"logical_expert_load": [[1, -2]]}] * 200}), "step 0 has NaN, infinite or negative"),
+        ("cut.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-5],
+         "step 199: malformed logical_expert_load (the file ends inside it)"),
+        ("tail.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-2], "truncated"),
+        ("partial.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-30], "truncated"),
+        ("syntax.json", '{"load_history": [{"logical_expert_load": [[1, 2],, [3]]}]}', "step 0: malformed"),
         ("data.csv", "1,2,3", "unknown dataset format '.csv'"),
     ],
 )
@@ -108,6 +148,22 @@ def test_npz_errors(tmp_path):
         load_dataset(tmp_path / "other.npz")
 
 
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"windows": np.ones((3, 2, 8)), "num_groups": np.array([2, 4])}, "num_groups must be one positive integer"),
+        ({"windows": np.ones((3, 2, 8)), "num_groups": 0}, "num_groups must be one positive integer"),
+        ({"steps": np.ones((30, 2, 8)), "window_steps": 0}, "window_steps must be one positive integer"),
+        ({"steps": np.ones((30, 2, 8)), "window_steps": -10}, "window_steps must be one positive integer"),
+        ({"windows": np.full((3, 2, 8), 2**64 - 1, dtype=np.uint64)}, "loads are too large"),
+    ],
+)
+def test_bad_npz_metadata(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_dataset(tmp_path / "bad.npz")
+
+
 def test_unknown_name():
     with pytest.raises(DatasetError, match="no dataset named 'nope' and no such file"):
         load_dataset("nope")
@@ -122,3 +178,70 @@ def test_manifest_errors(tmp_path):
                                                  "scenarios": [{"num_replicas": 10, "num_groups": 2, "num_nodes": 1, "num_gpus": 4}]}))
     with pytest.raises(DatasetError, match="not divisible by num_gpus=4"):
         load_dataset(tmp_path / "m.json")
+    (tmp_path / "m.json").write_text(json.dumps({"file": "d.npz", "num_groups": 0}))
+    with pytest.raises(DatasetError, match="num_groups must be one positive integer"):
+        load_dataset(tmp_path / "m.json")
+    (tmp_path / "m.json").write_text(json.dumps({"file": "d.npz", "sha256": "0" * 64}))
+    with pytest.raises(DatasetError, match="does not match the manifest's sha256"):
+        load_dataset(tmp_path / "m.json")
+
+
+def test_predictors():
+    windows = torch.tensor([[[4.0, 0.0]], [[0.0, 4.0]], [[8.0, 8.0]]])
+    assert predicted_windows(windows, parse_predictor("last")) is windows
+    ema = predicted_windows(windows, parse_predictor("ema:0.5"))
+    # e0 = w0; e1 = (w1 + e0) / 2 = [2, 2]; e2 = (w2 + e1) / 2 = [5, 5]
+    assert ema.tolist() == [[[4.0, 0.0]], [[2.0, 2.0]], [[5.0, 5.0]]]
+    assert predicted_windows(windows, parse_predictor("ema:1")).tolist() == windows.tolist()
+    assert parse_predictor("ema:0.25") == Predictor("ema", 0.25) and parse_predictor("ema:0.25").label() == "ema:0.25"
+
+
+@pytest.mark.parametrize("text", ["ema", "ema:0", "ema:1.5", "ema:x", "mean", ""])
+def test_bad_predictors(text):
+    with pytest.raises(ValueError, match="unknown predictor"):
+        parse_predictor(text)
+
+
+def test_import_writes_a_manifest_backed_dataset(tmp_path):
+    steps = np.random.default_rng(1).integers(0, 20, size=(300, 2, 16))
+    write_history(tmp_path / "trace.json", steps)
+    target = tmp_path / "store"
+    manifest = import_dataset(tmp_path / "trace.json", "trace", num_groups=4,
+                              scenarios=[Scenario(24, 4, 2, 8)], directory=target)
+    assert sorted(p.name for p in target.iterdir()) == ["trace.json", "trace.npz"]
+    assert verify_manifest(target / "trace.json") is None
+    assert manifest["num_windows"] == 3 and manifest["num_groups"] == 4
+    assert manifest["statistics"]["contiguous_gpus"] == 8
+    data = load_dataset(target / "trace.json")
+    assert data.windows.tolist() == steps.reshape(3, 100, 2, 16).sum(1).tolist()
+    assert data.scenarios == [Scenario(24, 4, 2, 8)]
+    with pytest.raises(DatasetError, match="already exists"):
+        import_dataset(tmp_path / "trace.json", "trace", directory=target)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "bad name"}, "invalid dataset name"),
+        ({"num_groups": 3}, "do not divide into 3 groups"),
+        ({"scenarios": [Scenario(20, 1, 1, 8)]}, "not divisible by num_gpus=8"),
+        ({"window_steps": 0}, "window steps must be at least 1"),
+    ],
+)
+def test_bad_imports_write_nothing(tmp_path, kwargs, message):
+    write_history(tmp_path / "trace.json", np.ones((300, 2, 16)))
+    target = tmp_path / "store"
+    target.mkdir()
+    arguments = {"name": "trace", "directory": target, **kwargs}
+    with pytest.raises(DatasetError, match=message):
+        import_dataset(tmp_path / "trace.json", **arguments)
+    assert list(target.iterdir()) == []
+
+
+def test_malformed_import_writes_nothing(tmp_path):
+    (tmp_path / "broken.json").write_text('{"load_history": [{"logical_expert_load": [[1, 2]')
+    target = tmp_path / "store"
+    target.mkdir()
+    with pytest.raises(DatasetError, match="malformed logical_expert_load"):
+        import_dataset(tmp_path / "broken.json", "broken", directory=target)
+    assert list(target.iterdir()) == []
