@@ -31,8 +31,8 @@ def ranked(records: list[dict], scorer: str) -> list[dict]:
 
 
 def _scenario_key(record: dict):
-    return (record["dataset"], record["num_replicas"], record["num_groups"], record["num_nodes"],
-            record["num_gpus"], record["device"], record.get("predictor", "last"))
+    return (record["dataset"], record.get("scenario") or "", record["num_replicas"], record["num_groups"],
+            record["num_nodes"], record["num_gpus"], record["device"], record.get("predictor", "last"))
 
 
 def format_table(records: list[dict], scorer: str) -> str:
@@ -41,7 +41,7 @@ def format_table(records: list[dict], scorer: str) -> str:
     blocks = []
     ordered = sorted(records, key=lambda r: tuple(map(str, _scenario_key(r))))
     for key, group in groupby(ordered, key=_scenario_key):
-        dataset, replicas, groups, nodes, gpus, device, _ = key
+        dataset, name, replicas, groups, nodes, gpus, device, predictor = key
         group = ranked(list(group), scorer)
         policy = group[0].get("policy", "")
         header = ["#"] + [title for _, title, _ in COLUMNS] + score_names + ["status"]
@@ -54,9 +54,10 @@ def format_table(records: list[dict], scorer: str) -> str:
             row.append(record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}")
             rows.append(row)
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header) - 1)]
+        title = f"{dataset} {name}" if name else dataset
         lines = [
-            f"{dataset}  R={replicas} groups={groups} nodes={nodes} gpus={gpus} ({policy})  device={device}"
-            f"  ranked by {scorer}"
+            f"{title}  R={replicas} groups={groups} nodes={nodes} gpus={gpus} ({policy})  device={device}"
+            f"  predictor={predictor}  ranked by {scorer}"
         ]
         for row in [header] + rows:
             cells = [cell.ljust(width) if i == 1 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))]

@@ -59,7 +59,7 @@ def test_table_and_out_file(small_npz, tmp_path, capsys):
             "--replicas", "24", "--groups", "4", "--nodes", "2", "--gpus", "8", "--out", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "small  R=24 groups=4 nodes=2 gpus=8 (hierarchical)  device=cpu  ranked by adrs_leaderboard" in table
+    assert "small  R=24 groups=4 nodes=2 gpus=8 (hierarchical)  device=cpu  predictor=last  ranked by adrs_leaderboard" in table
     assert "deepseek" in table and "seed" in table
     assert main(args) == 0  # appends
     records = [json.loads(line) for line in out.read_text().splitlines()]
