@@ -92,19 +92,24 @@ def check_windows(windows: np.ndarray, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: loads have shape {windows.shape}, expected [windows, layers, experts]")
     if min(windows.shape) < 1:
         raise DatasetError(f"{where}: loads have an empty dimension, shape {windows.shape}")
-    if not (np.issubdtype(windows.dtype, np.integer) or np.issubdtype(windows.dtype, np.floating)):
-        raise DatasetError(f"{where}: loads have dtype {windows.dtype}, expected numbers")
-    if np.issubdtype(windows.dtype, np.floating) and not np.isfinite(windows).all():
-        raise DatasetError(f"{where}: loads contain NaN or infinite values")
-    if (windows < 0).any():
-        raise DatasetError(f"{where}: loads contain negative values")
-    if np.issubdtype(windows.dtype, np.integer) and windows.size and windows.max() > np.iinfo(np.int64).max // 2:
-        raise DatasetError(f"{where}: loads are too large (over 2**62)")
+    check_values(windows, f"{where}: loads")
     if windows.shape[0] < 2:
         raise DatasetError(
             f"{where}: only {windows.shape[0]} window; at least 2 are needed (plan on one, score on the next)"
         )
     return windows
+
+
+def check_values(loads: np.ndarray, where: str, limit: int = np.iinfo(np.int64).max // 2) -> None:
+    """Raise DatasetError unless `loads` are finite, non-negative numbers not above `limit`."""
+    if not (np.issubdtype(loads.dtype, np.integer) or np.issubdtype(loads.dtype, np.floating)):
+        raise DatasetError(f"{where} have dtype {loads.dtype}, expected numbers")
+    if np.issubdtype(loads.dtype, np.floating) and not np.isfinite(loads).all():
+        raise DatasetError(f"{where} contain NaN or infinite values")
+    if (loads < 0).any():
+        raise DatasetError(f"{where} contain negative values")
+    if loads.size and loads.max() > limit:
+        raise DatasetError(f"{where} are too large (over {limit})")
 
 
 def steps_to_windows(steps: np.ndarray, window_steps: int) -> np.ndarray:
@@ -135,85 +140,128 @@ def _default_scenarios(num_logical: int, num_groups: int) -> list[Scenario]:
     return [candidate]
 
 
-VLLM_STEP_KEY = '"logical_expert_load"'
-_WHITESPACE = re.compile(r"\s*")
 READ_CHARS = 1 << 22
 # One step of the largest model (94 layers x 384 experts) is well under this.
-MAX_STEP_CHARS = 1 << 26
+MAX_VALUE_CHARS = 1 << 26
+_WHITESPACE = re.compile(r"\s*")
+
+
+class _JsonStream:
+    """A JSON text read in chunks: whitespace, single characters and whole values.
+
+    Only the unread part of the current chunk and one value are held at a time.
+    """
+
+    def __init__(self, handle, path: Path):
+        self.handle, self.path = handle, path
+        self.buffer, self.position, self.at_end = "", 0, False
+
+    def _refill(self) -> bool:
+        if self.at_end:
+            return False
+        try:
+            more = self.handle.read(READ_CHARS)
+        except UnicodeDecodeError:
+            raise DatasetError(f"{self.path}: not valid JSON (not UTF-8 text)") from None
+        self.at_end = not more
+        self.buffer, self.position = self.buffer[self.position:] + more, 0
+        return bool(more)
+
+    def peek(self) -> str:
+        """The next non-whitespace character, '' at the end of the file."""
+        while True:
+            self.position = _WHITESPACE.match(self.buffer, self.position).end()
+            if self.position < len(self.buffer) or not self._refill():
+                return self.buffer[self.position:self.position + 1]
+
+    def take(self, allowed: str, where: str) -> str:
+        char = self.peek()
+        if not char or char not in allowed:
+            found = repr(char) if char else "the end of the file"
+            raise DatasetError(f"{self.path}: not valid JSON ({where}: expected {' or '.join(allowed)}, found {found})")
+        self.position += 1
+        return char
+
+    def value(self, where: str):
+        """Decode the next whole JSON value, reading on while it is incomplete."""
+        self.peek()
+        decoder = json.JSONDecoder()
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.buffer, self.position)
+            except json.JSONDecodeError as exc:
+                # An error at the buffer's end (or an unterminated string) may just mean "read on".
+                unfinished = exc.pos >= len(self.buffer) or exc.msg.startswith("Unterminated string")
+                at_tail = unfinished or exc.pos >= len(self.buffer) - 6
+                if len(self.buffer) - self.position >= MAX_VALUE_CHARS:
+                    raise DatasetError(f"{self.path}: {where} is larger than {MAX_VALUE_CHARS} characters") from None
+                if at_tail and self._refill():
+                    continue
+                reason = "the file ends inside it" if unfinished else exc.msg
+                raise DatasetError(f"{self.path}: not valid JSON ({where}: {reason})") from None
+            except RecursionError:
+                raise DatasetError(f"{self.path}: not valid JSON ({where} is nested too deeply)") from None
+            self.position = end
+            return value
 
 
 def iter_vllm_steps(path: Path):
     """Yield each step's load [num_layers, num_logical] of a vLLM/ADRS load history.
 
-    Streams the file: only a buffer of a few MB and the current step are in memory,
-    never the whole document. Raises DatasetError for a malformed or truncated file.
+    The document is an object whose top-level "load_history" is a list of step
+    objects, each with a "logical_expert_load" [[...], ...]; other keys are skipped.
+    It is parsed as a stream: one step at a time, never the whole document. Raises
+    DatasetError for a malformed or truncated file.
     """
-    decoder = json.JSONDecoder()
     try:
         handle = open(path, encoding="utf-8")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open ({exc.strerror})") from None
     with handle:
-        buffer = ""
-        try:
-            while VLLM_STEP_KEY not in buffer and len(buffer) < MAX_STEP_CHARS:
-                more = handle.read(READ_CHARS)
-                if not more:
+        stream = _JsonStream(handle, path)
+        stream.take("{", "the document")
+        found = False
+        if stream.peek() == "}":
+            stream.take("}", "the document")
+        else:
+            while True:
+                key = stream.value("a key")
+                if not isinstance(key, str):
+                    raise DatasetError(f"{path}: not valid JSON (a key must be a string)")
+                stream.take(":", f"after key {key!r}")
+                if key == "load_history":
+                    found = True
+                    yield from _history_steps(stream, path)
+                else:
+                    stream.value(f"the value of {key!r}")
+                if stream.take(",}", "in the document") == "}":
                     break
-                buffer += more
-        except UnicodeDecodeError:
-            raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
-        if not buffer.lstrip().startswith("{"):
-            raise DatasetError(f"{path}: not valid JSON (expected an object)")
-        first = buffer.find(VLLM_STEP_KEY)
-        if buffer.find('"load_history"', 0, first if first >= 0 else None) < 0:
+        if stream.peek():
+            raise DatasetError(f"{path}: not valid JSON (data after the document)")
+        if not found:
             raise DatasetError(f'{path}: expected an object with a non-empty "load_history" list')
-        position, at_end, index = 0, False, 0
 
-        def refill(keep_from: int) -> None:
-            nonlocal buffer, position, at_end
-            try:
-                more = handle.read(READ_CHARS)
-            except UnicodeDecodeError:
-                raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
-            at_end = not more
-            buffer, position = buffer[keep_from:] + more, 0
 
-        while True:
-            found = buffer.find(VLLM_STEP_KEY, position)
-            if found < 0:
-                if at_end:
-                    break
-                refill(max(position, len(buffer) - len(VLLM_STEP_KEY)))
-                continue
-            colon = buffer.find(":", found + len(VLLM_STEP_KEY))
-            if colon >= 0 and buffer[found + len(VLLM_STEP_KEY):colon].strip():
-                raise DatasetError(f"{path}: step {index}: malformed logical_expert_load")
-            try:
-                if colon < 0:
-                    raise json.JSONDecodeError("no value", buffer, len(buffer))
-                value, end = decoder.raw_decode(buffer, _WHITESPACE.match(buffer, colon + 1).end())
-            except json.JSONDecodeError as exc:
-                if not at_end and len(buffer) - found < MAX_STEP_CHARS:
-                    refill(found)
-                    continue
-                reason = "the file ends inside it" if at_end and exc.pos >= len(buffer) - 1 else exc.msg
-                raise DatasetError(f"{path}: step {index}: malformed logical_expert_load ({reason})") from None
-            yield _step_array(value, path, index)
-            index += 1
-            position = end
-        if index == 0:
-            raise DatasetError(f'{path}: no "logical_expert_load" entries in "load_history"')
-        # After the last step, the step object, the history list and the document must close.
-        closers = re.sub(r'"(?:[^"\\]|\\.)*"|[^\[\]{}]', "", buffer[position:])
-        if not closers.endswith("}]}"):
-            raise DatasetError(f"{path}: not valid JSON (the document is truncated)")
+def _history_steps(stream: "_JsonStream", path: Path):
+    """The steps of the "load_history" list, the stream standing at its '['."""
+    stream.take("[", '"load_history"')
+    if stream.peek() == "]":
+        raise DatasetError(f'{path}: "load_history" is empty')
+    index = 0
+    while True:
+        entry = stream.value(f"step {index}")
+        if not isinstance(entry, dict) or "logical_expert_load" not in entry:
+            raise DatasetError(f"{path}: step {index} has no logical_expert_load")
+        yield _step_array(entry["logical_expert_load"], path, index)
+        index += 1
+        if stream.take(",]", '"load_history"') == "]":
+            return
 
 
 def _step_array(value, path: Path, index: int) -> np.ndarray:
     try:
         step = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DatasetError(f"{path}: step {index} has a malformed logical_expert_load") from None
     if step.ndim != 2 or step.size == 0:
         raise DatasetError(f"{path}: step {index} has shape {step.shape}, expected [layers, experts]")
@@ -268,7 +316,10 @@ def load_sglang_dump(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np
     counts = document.get("logical_count") if isinstance(document, dict) else None
     if not isinstance(counts, torch.Tensor):
         raise DatasetError(f"{path}: expected a dict with a 'logical_count' tensor (SGLang expert distribution dump)")
-    counts = counts.double().numpy()
+    try:
+        counts = counts.detach().to_dense().double().numpy()
+    except (RuntimeError, TypeError) as exc:
+        raise DatasetError(f"{path}: logical_count cannot be read as numbers ({type(exc).__name__})") from None
     if counts.ndim == 2:
         counts = counts[None]
     if counts.ndim != 3:
@@ -298,8 +349,9 @@ def load_npz(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.n
         if "window_steps" in contents:
             steps_per_window = _positive_scalar(contents["window_steps"], "window_steps", path)
         steps = contents["steps"]
-        if steps.ndim != 3:
+        if steps.ndim != 3 or min(steps.shape) < 1:
             raise DatasetError(f"{path}: steps have shape {steps.shape}, expected [steps, layers, experts]")
+        check_values(steps, f"{path}: steps", limit=np.iinfo(np.int64).max // (2 * steps_per_window))
         meta["window_steps"] = steps_per_window
         return steps_to_windows(steps, steps_per_window), meta
     raise DatasetError(f"{path}: expected an array named 'windows' or 'steps', found {sorted(contents) or 'none'}")
@@ -328,21 +380,38 @@ def _scenarios_from(entries, where: str, num_logical: int) -> list[Scenario]:
     return scenarios
 
 
+MANIFEST_TYPES = {"file": str, "sha256": str, "name": str, "scenarios": list, "phases": list,
+                  "statistics": dict, "generator": dict, "model": str, "provenance": str}
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest's JSON object, its keys' types checked; DatasetError when unreadable or malformed."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path}: unreadable manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or "file" not in manifest:
+        raise DatasetError(f'{path}: malformed manifest (expected an object with a "file" name)')
+    for key, kind in MANIFEST_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise DatasetError(f"{path}: malformed manifest ({key} must be a {kind.__name__})")
+    for key in ("num_groups", "window_steps", "num_layers", "num_logical", "num_windows", "top_k"):
+        if key in manifest and manifest[key] is not None:
+            _positive_scalar(manifest[key], key, path)
+    for phase in manifest.get("phases", []):
+        if not (isinstance(phase, dict) and isinstance(phase.get("windows"), list) and len(phase["windows"]) == 2):
+            raise DatasetError(f"{path}: malformed manifest (a phase needs windows [first, last])")
+    return manifest
+
+
 def load_manifest(path: Path) -> Dataset:
     """A shipped dataset: a manifest JSON naming its data file, groups and scenarios."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("file"), str):
-        raise DatasetError(f'{path}: malformed manifest (expected an object with a "file" name)')
+    manifest = read_manifest(path)
     data_path = path.parent / manifest["file"]
     name = str(manifest.get("name", path.stem))
     num_groups = _positive_scalar(manifest.get("num_groups", 1), "num_groups", path)
-    window_steps = _positive_scalar(manifest.get("window_steps", DEFAULT_WINDOW_STEPS), "window_steps", path)
+    window_steps = manifest.get("window_steps")
     scenario_entries = manifest.get("scenarios", [])
-    if not isinstance(scenario_entries, list):
-        raise DatasetError(f"{path}: malformed manifest (scenarios must be a list)")
     if not data_path.is_file():
         raise DatasetError(f"{path}: data file {data_path.name} is missing")
     if "sha256" in manifest and sha256_of(data_path) != manifest["sha256"]:
@@ -419,7 +488,7 @@ def _looks_like_manifest(path: Path) -> bool:
         return False
     try:
         document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(document, dict) and "file" in document and "load_history" not in document
 
@@ -472,7 +541,7 @@ def predicted_windows(windows: torch.Tensor, predictor: Predictor) -> torch.Tens
 
 
 def write_dataset_files(directory: Path, name: str, windows: np.ndarray, manifest: dict) -> dict:
-    """Write `<name>.npz` (windows as int32 when they are counts) and its manifest.
+    """Write `<name>.npz` (uncompressed; windows as int32 when they are counts) and its manifest.
 
     Both go to temporary files first; the data file is renamed into place, then the
     manifest, so an interrupted write never leaves a manifest without its data. The
@@ -485,7 +554,7 @@ def write_dataset_files(directory: Path, name: str, windows: np.ndarray, manifes
     stored = windows.astype(np.int32) if np.issubdtype(windows.dtype, np.integer) and windows.max() < 2**31 else windows
     try:
         with open(partial_data, "wb") as handle:
-            np.savez_compressed(handle, windows=stored)
+            np.savez(handle, windows=stored)  # uncompressed: the bytes do not depend on zlib
         manifest = {"name": name, "file": data_path.name, "sha256": sha256_of(partial_data), **manifest}
         partial_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
         partial_data.replace(data_path)
@@ -497,18 +566,23 @@ def write_dataset_files(directory: Path, name: str, windows: np.ndarray, manifes
 
 
 def verify_manifest(path: Path) -> str | None:
-    """None when the manifest's data file exists and matches its sha256, else the problem."""
+    """None when the manifest's data file exists, matches its sha256 and loads, else the problem."""
     try:
-        manifest = json.loads(path.read_text())
-        data_path = path.parent / manifest["file"]
-        expected = manifest["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"unreadable manifest ({type(exc).__name__})"
+        manifest = read_manifest(path)
+    except DatasetError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    data_path = path.parent / manifest["file"]
+    if "sha256" not in manifest:
+        return "the manifest has no sha256"
     if not data_path.is_file():
         return f"data file {data_path.name} is missing"
     actual = sha256_of(data_path)
-    if actual != expected:
-        return f"sha256 {actual[:12]}... differs from the manifest's {expected[:12]}..."
+    if actual != manifest["sha256"]:
+        return f"sha256 {actual[:12]}... differs from the manifest's {manifest['sha256'][:12]}..."
+    try:
+        load_manifest(path)
+    except DatasetError as exc:
+        return str(exc).removeprefix(f"{path}: ")
     return None
 
 
@@ -519,7 +593,7 @@ def import_dataset(
     path: str | Path,
     name: str,
     *,
-    num_groups: int = 1,
+    num_groups: int | None = None,
     scenarios: list[Scenario] | None = None,
     window_steps: int = DEFAULT_WINDOW_STEPS,
     directory: Path | None = None,
@@ -527,8 +601,9 @@ def import_dataset(
 ) -> dict:
     """Read a load file and write it as a manifest-backed dataset `name`.
 
-    Without `scenarios`, the public evaluators' scenario is used when it fits. Any
-    error raises DatasetError before anything is written. Returns the manifest.
+    Without `num_groups`, the file's own are used, else default_groups(). Without
+    `scenarios`, the public evaluators' scenario is used when it fits. Any error
+    raises DatasetError before anything is written. Returns the manifest.
     """
     directory = Path(directory) if directory is not None else datasets_dir()
     if not DATASET_NAME.match(name):
@@ -543,6 +618,8 @@ def import_dataset(
     windows, meta = read_loads(source, window_steps)
     windows = check_windows(windows, str(source))
     num_logical = windows.shape[2]
+    if num_groups is None:
+        num_groups = meta.get("num_groups") or default_groups(num_logical)
     if num_groups < 1 or num_logical % num_groups:
         raise DatasetError(f"{source}: {num_logical} experts do not divide into {num_groups} groups")
     if scenarios is None or not scenarios:
@@ -559,7 +636,7 @@ def import_dataset(
         "num_logical": num_logical,
         "num_groups": num_groups,
         "num_windows": windows.shape[0],
-        "window_steps": meta.get("window_steps", window_steps),
+        "window_steps": meta.get("window_steps"),
         "scenarios": [{"name": s.name, **s.as_dict()} for s in scenarios],
         "provenance": f"imported from {source.name} ({meta.get('format', source.suffix)}) "
         f"with eplb-bench datasets import",

@@ -8,14 +8,13 @@ unrelated domain B (8-11).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .datasets import write_dataset_files
+from .datasets import read_manifest, write_dataset_files
 from .loadstats import dataset_statistics
 from .synthetic import Phase, SyntheticSpec, generate
 
@@ -139,12 +138,16 @@ def build_suite_dataset(name: str, directory: Path) -> dict:
 def regenerates_identically(manifest_path: Path) -> str | None:
     """Regenerate a synthetic dataset from its manifest's generator parameters alone.
 
-    Returns None when the data file comes out with the manifest's sha256, else why not.
+    Returns None when the data file comes out with the manifest's sha256 (or the
+    dataset is not synthetic), else why not.
     """
-    manifest = json.loads(Path(manifest_path).read_text())
+    manifest = read_manifest(Path(manifest_path))
     if "generator" not in manifest:
-        return "not synthetic (no generator parameters)"
-    spec = SyntheticSpec.from_dict(manifest["generator"])
+        return None  # not synthetic: nothing to regenerate
+    try:
+        spec = SyntheticSpec.from_dict(manifest["generator"])
+    except (TypeError, ValueError) as exc:
+        return f"unusable generator parameters ({exc})"
     windows = generate(spec)[0]
     with tempfile.TemporaryDirectory() as scratch:
         regenerated = write_dataset_files(Path(scratch), manifest["name"], windows, {})

@@ -94,7 +94,7 @@ ERROR_CASES = [
     (["run", "--algorithms", "nope"], 1, "unknown balancer 'nope'"),
     (["run", "--datasets", "nope"], 1, "no dataset named 'nope'"),
     (["run", "--datasets", "{dir}/absent.npz"], 1, "no such file"),
-    (["run", "--datasets", "{dir}/broken.json"], 1, 'expected an object with a non-empty "load_history" list'),
+    (["run", "--datasets", "{dir}/broken.json"], 1, "broken.json: not valid JSON (a key:"),
     (["run", "--datasets", "{dir}/nan.npz"], 1, "NaN or infinite"),
     (["run", "--datasets", "{dir}/neg.npz"], 1, "negative values"),
     (["run", "--datasets", "{dir}/flat.npz"], 1, "expected [windows, layers, experts]"),
@@ -110,7 +110,7 @@ ERROR_CASES = [
     (["run", "--predictor", "ema:2"], 2, "--predictor: unknown predictor 'ema:2'"),
     (["run", "--window-steps", "0"], 2, "--window-steps must be at least 1"),
     (["datasets", "show", "nope"], 2, "no shipped dataset named 'nope'"),
-    (["datasets", "import", "{dir}/broken.json", "--name", "x"], 1, "broken.json: expected an object"),
+    (["datasets", "import", "{dir}/broken.json", "--name", "x"], 1, "broken.json: not valid JSON"),
     (["datasets", "import", "{dir}/nan.npz", "--name", "x", "--scenario", "1,2"], 2, "--scenario expects R,G,N,P"),
     (["run", "--repeat", "0"], 2, "--repeat must be at least 1"),
     (["run", "--device", "tpu"], 2, "--device must be cpu or cuda[:N]"),
@@ -195,3 +195,25 @@ def test_datasets_import_command(tmp_path, monkeypatch, capsys):
     assert main(["run", "--json", "--algorithms", "seed", "--datasets", "mine"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert (record["dataset"], record["num_replicas"], record["num_groups"], record["status"]) == ("mine", 24, 4, "ok")
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "{not json",
+        "[1, 2]",
+        json.dumps({"file": "d.npz", "sha256": 5}),
+        json.dumps({"file": "d.npz", "sha256": "0" * 64, "num_groups": "x"}),
+        json.dumps({"file": "d.npz", "sha256": "0" * 64, "phases": [{"windows": 3}]}),
+    ],
+)
+def test_tampered_manifests_give_one_line_errors(tmp_path, monkeypatch, capsys, manifest):
+    np.savez(tmp_path / "d.npz", windows=np.ones((3, 2, 8)))
+    (tmp_path / "d.json").write_text(manifest)
+    monkeypatch.setenv("EPLB_BENCH_DATASETS", str(tmp_path))
+    for argv in (["datasets", "show", "d"], ["datasets"], ["run", "--datasets", "d"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("eplb-bench: error: ") and "d.json" in err[0], err
+    assert main(["datasets", "verify"]) == 1
+    assert "FAILED" in capsys.readouterr().out

@@ -21,9 +21,11 @@ from eplb_bench.datasets import (
 
 
 def write_history(path, steps):
-    # Extra fields around the loads, as real histories have, must be skipped.
-    path.write_text(json.dumps({"model": "m [x]", "load_history": [
-        {"step": i, "logical_expert_load": s.tolist(), "note": "a } b"} for i, s in enumerate(steps)]}))
+    # Extra fields around the loads, as real histories have, must be skipped, also when they
+    # hold the key's name, brackets, nested objects with their own "logical_expert_load".
+    path.write_text(json.dumps({"fields": ["logical_expert_load"], "model": "m [x] \"q\"", "load_history": [
+        {"step": i, "stats": {"logical_expert_load": [[0]]}, "logical_expert_load": s.tolist(), "note": "a } b"}
+        for i, s in enumerate(steps)], "config": {"ranks": [0, 1]}}))
 
 
 @pytest.mark.parametrize("read_chars", [7, 100, 1 << 22])
@@ -98,10 +100,10 @@ def test_shape_without_public_scenario_has_none(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("bad.json", "not json", "not valid JSON (expected an object)"),
-        ("empty.json", "", "not valid JSON (expected an object)"),
+        ("bad.json", "not json", "not valid JSON (the document: expected {, found 'n')"),
+        ("empty.json", "", "not valid JSON (the document: expected {, found the end of the file)"),
         ("nokey.json", json.dumps({"steps": []}), 'expected an object with a non-empty "load_history" list'),
-        ("nosteps.json", json.dumps({"load_history": []}), 'no "logical_expert_load" entries'),
+        ("nosteps.json", json.dumps({"load_history": []}), '"load_history" is empty'),
         ("short.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 150}), "make 1 window(s)"),
         ("ragged.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 100
                                     + [{"logical_expert_load": [[1, 2, 3]]}] * 100}), "step 100 has shape (1, 3)"),
@@ -109,11 +111,22 @@ def test_shape_without_public_scenario_has_none(tmp_path):
         ("text.json", json.dumps({"load_history": [{"logical_expert_load": [["a", "b"]]}] * 200}), "malformed logical_expert_load"),
         ("neg.json", json.dumps({"load_history": [{"logical_expert_load": [[1, -2]]}] * 200}), "step 0 has NaN, infinite or negative"),
         ("cut.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-5],
-         "step 199: malformed logical_expert_load (the file ends inside it)"),
-        ("tail.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-2], "truncated"),
-        ("partial.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-30], "truncated"),
-        ("syntax.json", '{"load_history": [{"logical_expert_load": [[1, 2],, [3]]}]}', "step 0: malformed"),
+         "not valid JSON (step 199: the file ends inside it)"),
+        ("tail.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-2], '("load_history": expected , or ], found the end of the file)'),
+        ("partial.json", json.dumps({"load_history": [{"logical_expert_load": [[1, 2]]}] * 200})[:-30], "not valid JSON (step 199: the file ends inside it)"),
+        ("syntax.json", '{"load_history": [{"logical_expert_load": [[1, 2],, [3]]}]}', "not valid JSON (step 0: Expecting value)"),
         ("data.csv", "1,2,3", "unknown dataset format '.csv'"),
+        ("array.json", "[1, 2]", "the document: expected {, found '['"),
+        ("nested.json", json.dumps({"data": {"load_history": [{"logical_expert_load": [[1]]}] * 200}}),
+         'expected an object with a non-empty "load_history" list'),
+        ("notlist.json", json.dumps({"load_history": {"logical_expert_load": [[1]]}}), "expected [, found '{'"),
+        ("trailing.json", json.dumps({"load_history": [{"logical_expert_load": [[1]]}] * 200}) + " {}",
+         "data after the document"),
+        ("nokeystep.json", json.dumps({"load_history": [{"stats": [[1]]}] * 200}), "step 0 has no logical_expert_load"),
+        ("huge.json", json.dumps({"load_history": [{"logical_expert_load": [[10**400, 1]]}] * 200}),
+         "step 0 has a malformed logical_expert_load"),
+        ("deep.json", '{"load_history": [' + "[" * 100000 + "]" * 100000 + "]}", "nested too deeply"),
+        ("comma.json", '{"load_history": [{"logical_expert_load": [[1]]}],}', "a key: Expecting value"),
     ],
 )
 def test_malformed_files(tmp_path, name, content, message):
@@ -242,6 +255,6 @@ def test_malformed_import_writes_nothing(tmp_path):
     (tmp_path / "broken.json").write_text('{"load_history": [{"logical_expert_load": [[1, 2]')
     target = tmp_path / "store"
     target.mkdir()
-    with pytest.raises(DatasetError, match="malformed logical_expert_load"):
+    with pytest.raises(DatasetError, match="step 0: the file ends inside it"):
         import_dataset(tmp_path / "broken.json", "broken", directory=target)
     assert list(target.iterdir()) == []

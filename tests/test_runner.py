@@ -114,3 +114,26 @@ def test_cuda_run_synchronizes_and_scores():
     cpu = run_job(Job(info("deepseek", get_algorithm("deepseek")), small_dataset(), SCENARIO, "cpu"))
     assert record["status"] == "ok"
     assert record["balancedness_gpu"] == pytest.approx(cpu["balancedness_gpu"])
+
+
+def test_ema_predictor_feeds_the_balancer_and_scores_on_real_windows():
+    from eplb_bench.datasets import parse_predictor, predicted_windows
+
+    seen = []
+
+    def recording(weight, *args):
+        seen.append(weight.clone())
+        return get_algorithm("deepseek")(weight, *args)
+
+    dataset = small_dataset()
+    predictor = parse_predictor("ema:0.5")
+    record = run_job(Job(info("recording", recording), dataset, SCENARIO, predictor=predictor))
+    expected = predicted_windows(dataset.windows, predictor)
+    # warm-up on e_0, then one plan on e_i for each window pair
+    assert [w.tolist() for w in seen] == [expected[i].tolist() for i in (0, 0, 1, 2)]
+    next_gpu = []
+    for i in range(3):
+        phy2log, _, logcnt = get_algorithm("deepseek")(expected[i], 12, 4, 2, 4)
+        next_gpu.append(placement_metrics(dataset.windows[i + 1], phy2log, logcnt, 4, 2)["balancedness_gpu"])
+    assert record["predictor"] == "ema:0.5"
+    assert record["balancedness_gpu"] == pytest.approx(sum(next_gpu) / 3)
