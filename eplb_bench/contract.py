@@ -118,13 +118,14 @@ def _check_tensor(name: str, value, ndim: int) -> torch.Tensor:
 
 
 def as_placement(output) -> Placement:
-    """Turn a balancer's return value into a Placement, or raise PlacementError."""
+    """Turn a balancer's return value into a Placement of copies, or raise PlacementError."""
     if not isinstance(output, (tuple, list)) or len(output) != 3:
         raise PlacementError(
             f"balancer returned {type(output).__name__}, expected a tuple "
             "(phy2log, log2phy, logcnt)"
         )
-    return Placement(*output)
+    # Copies, so that nothing the balancer keeps can change the placement after validation.
+    return Placement(*(part.detach().clone() if isinstance(part, torch.Tensor) else part for part in output))
 
 
 def validate_placement(

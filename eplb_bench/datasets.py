@@ -603,7 +603,8 @@ def import_dataset(
 
     Without `num_groups`, the file's own are used, else default_groups(). Without
     `scenarios`, the public evaluators' scenario is used when it fits. Any error
-    raises DatasetError before anything is written. Returns the manifest.
+    raises DatasetError (ScenarioError for a scenario that does not fit) before
+    anything is written. Returns the manifest.
     """
     directory = Path(directory) if directory is not None else datasets_dir()
     if not DATASET_NAME.match(name):
@@ -628,7 +629,7 @@ def import_dataset(
         try:
             scenario.check(num_logical)
         except ScenarioError as exc:
-            raise DatasetError(f"scenario {scenario.label()}: {exc}") from None
+            raise ScenarioError(f"scenario {scenario.label()}: {exc}") from None
     from .loadstats import dataset_statistics
 
     manifest = {

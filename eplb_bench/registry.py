@@ -1,7 +1,8 @@
 """The registry of balancers: register, list, get, and load one file.
 
 Balancers come from three places, all found lazily on the first lookup:
-every module of the `algorithms` package (each registers itself with `@register`),
+every module of the folder `algorithms/` (imported as `eplb_bench_algorithms`; each
+registers itself with `@register`),
 packages that declare the entry-point group `eplb_bench.algorithms`, and single
 files loaded with `load_algorithm_file` (the form OpenEvolve/ADRS programs take).
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 ENTRY_POINT_GROUP = "eplb_bench.algorithms"
+# The folder algorithms/ of the source tree, installed under this import name.
+ALGORITHMS_PACKAGE = "eplb_bench_algorithms"
 
 
 class RegistryError(LookupError):
@@ -99,11 +102,11 @@ def discover() -> None:
     if _discovered:
         return
     _discovered = True
-    package = importlib.import_module("algorithms")
+    package = importlib.import_module(ALGORITHMS_PACKAGE)
     for module in pkgutil.iter_modules(package.__path__):
         if not module.name.startswith("_"):
             try:
-                importlib.import_module(f"algorithms.{module.name}")
+                importlib.import_module(f"{ALGORITHMS_PACKAGE}.{module.name}")
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # a contributor's module: report, keep the rest

@@ -75,34 +75,45 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario):
     return output, time.perf_counter() - start
 
 
+def checked_placement(output, weight: torch.Tensor, scenario: Scenario):
+    """The balancer's output as a validated Placement of its own copies; BalancerFailure otherwise."""
+    try:
+        placement = as_placement(output)
+        validate_placement(
+            *placement,
+            num_logical=weight.shape[1],
+            num_replicas=scenario.num_replicas,
+            num_gpus=scenario.num_gpus,
+            num_layers=weight.shape[0],
+        )
+    except PlacementError as exc:
+        raise BalancerFailure("invalid", str(exc)) from None
+    except Exception as exc:  # e.g. tensors on a device that cannot be read
+        raise BalancerFailure("invalid", f"unusable output: {type(exc).__name__}: {exc}") from None
+    return placement
+
+
 def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int):
-    """Plan on one window `repeat` times; return (placement, list of seconds).
+    """Plan on one window, timed `repeat` times; return (placement, list of seconds).
 
     Args:
         weight: [num_layers, num_logical], on the run's device; never handed out itself.
-    The first call's placement is validated and returned.
+    The first call gets the window itself; its placement is the one scored. Repeat k
+    gets the window with its experts rotated by k places: the same loads and the same
+    work, but an input no cache of earlier answers can serve. Every call's input is
+    checked for changes and every output validated.
     """
     placement, seconds = None, []
-    for _ in range(repeat):
-        given = weight.clone()
+    for attempt in range(repeat):
+        source = weight if attempt == 0 else weight.roll(attempt, dims=-1)
+        given = source.clone()
         output, elapsed = timed_call(info, given, scenario)
         seconds.append(elapsed)
-        if not torch.equal(given, weight):
+        if not torch.equal(given, source):
             raise BalancerFailure("invalid", "balancer modified its input weight")
+        checked = checked_placement(output, weight, scenario)
         if placement is None:
-            try:
-                placement = as_placement(output)
-                validate_placement(
-                    *placement,
-                    num_logical=weight.shape[1],
-                    num_replicas=scenario.num_replicas,
-                    num_gpus=scenario.num_gpus,
-                    num_layers=weight.shape[0],
-                )
-            except PlacementError as exc:
-                raise BalancerFailure("invalid", str(exc)) from None
-            except Exception as exc:  # e.g. tensors on a device that cannot be read
-                raise BalancerFailure("invalid", f"unusable output: {type(exc).__name__}: {exc}") from None
+            placement = checked
     return placement, seconds
 
 
@@ -164,7 +175,8 @@ def run_job(job: Job, repeat: int = 1) -> dict:
     next_window, in_sample, shares, seconds = [], [], [], []
     window = None
     try:
-        timed_call(job.algorithm, planned[0].clone(), scenario)  # warm-up, untimed
+        # Untimed warm-up on window 0 reversed: no answer to a real window can be cached.
+        timed_call(job.algorithm, planned[0].flip(-1).contiguous(), scenario)
         for window in range(windows.shape[0] - 1):
             placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat)
             seconds.extend(elapsed)

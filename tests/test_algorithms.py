@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import eplb_bench
-from algorithms._hierarchy import greedy_packing, greedy_replication
-from algorithms.hybrid_replication import _fix_up, hybrid_replication
-from algorithms.refined_packing import refined_packing
+from eplb_bench_algorithms._hierarchy import greedy_packing, greedy_replication
+from eplb_bench_algorithms.hybrid_replication import _fix_up, hybrid_replication
+from eplb_bench_algorithms.refined_packing import refined_packing
 from eplb_bench import Scenario, get_algorithm, list_algorithms, load_dataset, validate_placement
 from eplb_bench.datasets import shipped_names
 from conftest import GOLDEN_PHY2LOG

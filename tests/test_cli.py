@@ -68,7 +68,7 @@ def test_table_and_out_file(small_npz, tmp_path, capsys):
 
 def test_program_file_as_algorithm(small_npz, tmp_path, capsys):
     program = tmp_path / "mine.py"
-    program.write_text("from algorithms.deepseek import rebalance_experts as _d\n"
+    program.write_text("from eplb_bench_algorithms.deepseek import rebalance_experts as _d\n"
                        "def rebalance_experts(w, r, g, n, p):\n    return _d(w, r, g, n, p)\n")
     assert main(["run", "--json", "--algorithms", str(program), "--datasets", str(small_npz),
                  "--replicas", "24", "--gpus", "8"]) == 0
@@ -87,6 +87,7 @@ def bad_files(tmp_path):
     np.savez(tmp_path / "nan.npz", windows=np.full((3, 2, 8), np.nan))
     np.savez(tmp_path / "neg.npz", windows=-np.ones((3, 2, 8)))
     np.savez(tmp_path / "flat.npz", windows=np.ones((3, 8)))
+    np.savez(tmp_path / "ok.npz", windows=np.ones((3, 2, 64)))
     return tmp_path
 
 
@@ -112,6 +113,8 @@ ERROR_CASES = [
     (["datasets", "show", "nope"], 2, "no shipped dataset named 'nope'"),
     (["datasets", "import", "{dir}/broken.json", "--name", "x"], 1, "broken.json: not valid JSON"),
     (["datasets", "import", "{dir}/nan.npz", "--name", "x", "--scenario", "1,2"], 2, "--scenario expects R,G,N,P"),
+    (["datasets", "import", "{dir}/ok.npz", "--name", "x", "--scenario", "64,8,2,9"], 2,
+     "scenario R64/G8/N2/P9: num_replicas=64 is not divisible by num_gpus=9"),
     (["run", "--repeat", "0"], 2, "--repeat must be at least 1"),
     (["run", "--device", "tpu"], 2, "--device must be cpu or cuda[:N]"),
     (["run", "--bogus"], 2, "unrecognized arguments: --bogus"),

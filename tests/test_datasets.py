@@ -9,7 +9,7 @@ import torch
 
 from eplb_bench import load_dataset
 import eplb_bench.datasets as datasets_module
-from eplb_bench import Scenario
+from eplb_bench import Scenario, ScenarioError
 from eplb_bench.datasets import (
     DatasetError,
     Predictor,
@@ -246,7 +246,7 @@ def test_bad_imports_write_nothing(tmp_path, kwargs, message):
     target = tmp_path / "store"
     target.mkdir()
     arguments = {"name": "trace", "directory": target, **kwargs}
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises((DatasetError, ScenarioError), match=message):
         import_dataset(tmp_path / "trace.json", **arguments)
     assert list(target.iterdir()) == []
 

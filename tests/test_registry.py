@@ -36,7 +36,7 @@ def test_register_list_get(clean_registry):
 
 
 def test_duplicate_name_is_an_error(clean_registry):
-    with pytest.raises(RegistryError, match="'deepseek' is already registered by algorithms.deepseek"):
+    with pytest.raises(RegistryError, match="'deepseek' is already registered by eplb_bench_algorithms.deepseek"):
         register("deepseek")(lambda *args: None)
 
 

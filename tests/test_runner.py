@@ -29,17 +29,31 @@ def test_ok_record_matches_direct_computation():
     record = run_job(Job(info("deepseek", deepseek), dataset, SCENARIO), repeat=2)
     assert record["status"] == "ok" and record["error"] is None
     assert record["windows_scored"] == 3
-    next_gpu, insample_gpu, shares = [], [], []
+    expected = {key: 0.0 for key in ("gpu", "gpu_in", "slot", "slot_in", "node", "share")}
     for i in range(3):
         phy2log, _, logcnt = deepseek(dataset.windows[i], 12, 4, 2, 4)
-        next_gpu.append(placement_metrics(dataset.windows[i + 1], phy2log, logcnt, 4, 2)["balancedness_gpu"])
-        insample_gpu.append(placement_metrics(dataset.windows[i], phy2log, logcnt, 4, 2)["balancedness_gpu"])
-        shares.append(internode_share(dataset.windows[i + 1], phy2log, 2))
-    assert record["balancedness_gpu"] == pytest.approx(sum(next_gpu) / 3)
-    assert record["balancedness_gpu_insample"] == pytest.approx(sum(insample_gpu) / 3)
-    assert record["internode_share"] == pytest.approx(sum(shares) / 3)
+        upcoming = placement_metrics(dataset.windows[i + 1], phy2log, logcnt, 4, 2)
+        current = placement_metrics(dataset.windows[i], phy2log, logcnt, 4, 2)
+        expected["gpu"] += upcoming["balancedness_gpu"] / 3
+        expected["slot"] += upcoming["balancedness_slot"] / 3
+        expected["node"] += upcoming["balancedness_node"] / 3
+        expected["gpu_in"] += current["balancedness_gpu"] / 3
+        expected["slot_in"] += current["balancedness_slot"] / 3
+        expected["share"] += internode_share(dataset.windows[i + 1], phy2log, 2) / 3
+    assert record["balancedness_gpu"] == pytest.approx(expected["gpu"])
+    assert record["balancedness_slot"] == pytest.approx(expected["slot"])
+    assert record["balancedness_node"] == pytest.approx(expected["node"])
+    assert record["balancedness_gpu_insample"] == pytest.approx(expected["gpu_in"])
+    assert record["balancedness_slot_insample"] == pytest.approx(expected["slot_in"])
+    assert record["internode_share"] == pytest.approx(expected["share"])
+    assert expected["slot"] != pytest.approx(expected["slot_in"])  # the two protocols differ here
     assert record["runtime_ms"] > 0
-    assert record["scores"] == pytest.approx(all_scores(record, record["runtime_ms"] / 1e3))
+    seconds = record["runtime_ms"] / 1e3
+    assert record["scores"]["adrs"] == pytest.approx((expected["slot"] + 0.02 / seconds) / 2)
+    assert record["scores"]["skydiscover"] == pytest.approx((expected["slot"] + 0.002 / seconds) / 2)
+    penalty = min(20 * seconds, 20) if seconds > 0.010 else 0
+    assert record["scores"]["adrs_leaderboard"] == pytest.approx(
+        90 * expected["gpu"] + 5 * min(0.002 / seconds, 2) - penalty)
     assert record["policy"] == "hierarchical" and record["device"] == "cpu"
 
 
@@ -129,11 +143,84 @@ def test_ema_predictor_feeds_the_balancer_and_scores_on_real_windows():
     predictor = parse_predictor("ema:0.5")
     record = run_job(Job(info("recording", recording), dataset, SCENARIO, predictor=predictor))
     expected = predicted_windows(dataset.windows, predictor)
-    # warm-up on e_0, then one plan on e_i for each window pair
-    assert [w.tolist() for w in seen] == [expected[i].tolist() for i in (0, 0, 1, 2)]
+    # warm-up on e_0 reversed, then one plan on e_i for each window pair
+    assert seen[0].tolist() == expected[0].flip(-1).tolist()
+    assert [w.tolist() for w in seen[1:]] == [expected[i].tolist() for i in (0, 1, 2)]
     next_gpu = []
     for i in range(3):
         phy2log, _, logcnt = get_algorithm("deepseek")(expected[i], 12, 4, 2, 4)
         next_gpu.append(placement_metrics(dataset.windows[i + 1], phy2log, logcnt, 4, 2)["balancedness_gpu"])
     assert record["predictor"] == "ema:0.5"
     assert record["balancedness_gpu"] == pytest.approx(sum(next_gpu) / 3)
+
+
+class FakeClock:
+    """Stands in for time.perf_counter; balancers advance it by what they 'take'."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_runtime_is_the_median_of_timed_calls_without_the_warm_up(monkeypatch):
+    import eplb_bench.runner as runner
+
+    clock = FakeClock()
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    durations = iter([5.0, 0.001, 0.001, 0.010])  # warm-up, then windows 0, 1, 2
+
+    def slow_sometimes(weight, *args):
+        clock.now += next(durations)
+        return get_algorithm("deepseek")(weight, *args)
+
+    record = run_job(Job(info("timed", slow_sometimes), small_dataset(), SCENARIO))
+    assert record["runtime_ms"] == pytest.approx(1.0)  # median, not the mean of 4 ms
+    assert (record["runtime_ms_min"], record["runtime_ms_max"]) == pytest.approx((1.0, 10.0))
+
+
+def test_repeats_cannot_be_served_from_a_cache():
+    answers = {}
+    inputs = []
+
+    def caching(weight, *args):
+        inputs.append(weight.clone())
+        key = tuple(weight.flatten().tolist())
+        if key not in answers:
+            answers[key] = get_algorithm("deepseek")(weight, *args)
+        return answers[key]
+
+    run_job(Job(info("caching", caching), small_dataset(), SCENARIO), repeat=3)
+    keys = [tuple(w.flatten().tolist()) for w in inputs]
+    assert len(keys) == 1 + 3 * 3 and len(set(keys)) == len(keys)  # every call saw a new input
+
+
+def test_mutation_on_a_later_repeat_is_caught():
+    calls = []
+
+    def mutates_second_call(weight, *args):
+        calls.append(1)
+        result = get_algorithm("deepseek")(weight, *args)
+        if len(calls) == 3:  # warm-up, first call, then the repeat
+            weight.add_(1)
+        return result
+
+    record = run_job(Job(info("late", mutates_second_call), small_dataset(), SCENARIO), repeat=2)
+    assert record["status"] == "invalid" and "modified its input" in record["error"]
+
+
+def test_scored_placement_cannot_be_changed_after_validation():
+    kept = []
+
+    def aliasing(weight, *args):
+        phy2log, log2phy, logcnt = get_algorithm("deepseek")(weight, *args)
+        if kept:
+            kept[-1].fill_(1)  # rewrite the previous call's logcnt in place
+        kept.append(logcnt)
+        return phy2log, log2phy, logcnt
+
+    honest = run_job(Job(info("deepseek", get_algorithm("deepseek")), small_dataset(), SCENARIO))
+    record = run_job(Job(info("aliasing", aliasing), small_dataset(), SCENARIO), repeat=2)
+    assert record["status"] == "ok"
+    assert record["balancedness_slot"] == pytest.approx(honest["balancedness_slot"])
