@@ -202,7 +202,3 @@ def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None =
     first_steps = np.stack(kept) if kept else np.zeros((0, spec.num_layers, spec.num_logical), dtype=np.int64)
     return windows, first_steps
 
-
-def generate_windows(spec: SyntheticSpec) -> np.ndarray:
-    """[num_windows, L, E] int64 windows of `spec`."""
-    return generate(spec)[0]

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import eplb_bench
 from eplb_bench_algorithms._hierarchy import greedy_packing, greedy_replication
 from eplb_bench_algorithms.hybrid_replication import _fix_up, hybrid_replication
 from eplb_bench_algorithms.refined_packing import refined_packing

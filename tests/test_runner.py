@@ -7,7 +7,6 @@ from eplb_bench import Scenario, get_algorithm
 from eplb_bench.datasets import Dataset
 from eplb_bench.registry import AlgorithmInfo
 from eplb_bench.runner import Job, run_job, run_jobs
-from eplb_bench.scoring import all_scores
 from eplb_bench.simulate import internode_share, placement_metrics
 
 SCENARIO = Scenario(num_replicas=12, num_groups=4, num_nodes=2, num_gpus=4)
