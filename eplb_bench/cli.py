@@ -16,8 +16,8 @@ from .datasets import (
     import_dataset,
     load_dataset,
     parse_predictor,
-    shipped_names,
     read_manifest,
+    shipped_names,
     verify_manifest,
 )
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
