@@ -219,66 +219,77 @@ def _correlations(values) -> str:
         return "-"
 
 
-def command_datasets(args) -> int:
-    action = args.datasets_command or "list"
-    if action == "list":
-        print(f"{'name':18s} {'model':18s} {'layers x experts':>16s} {'top-k':>5s} {'groups':>6s} {'windows':>7s}  scenarios (R/G/N/P)")
-        for name in shipped_names():
-            m = _manifest(name)
-            scenarios = "; ".join(_scenario_text(entry) for entry in m.get("scenarios", []))
-            shape = f"{m.get('num_layers', '?')} x {m.get('num_logical', '?')}"
-            print(f"{name:18s} {str(m.get('model', '-')):18s} {shape:>16s} {str(m.get('top_k', '-')):>5s} "
-                  f"{m.get('num_groups', 1):>6} {m.get('num_windows', '?'):>7}  {scenarios}")
-        return 0
-    if action == "show":
-        m = _manifest(args.name)
-        stats = m.get("statistics", {})
-        print(f"{m['name']}: {m.get('model', '')} {m.get('num_layers')} layers x {m.get('num_logical')} experts, "
-              f"top-{m.get('top_k', '?')}, {m.get('num_groups', 1)} groups, {m.get('num_windows')} windows "
-              f"of {m.get('window_steps')} steps")
-        print(f"file: {m['file']}  sha256: {m.get('sha256', '-')}")
-        print(f"provenance: {m.get('provenance', '-')}")
-        for phase in m.get("phases", []):
-            print(f"windows {phase['windows'][0]}-{phase['windows'][1]}: domain {phase['domain']}, {phase['stage']}")
-        print("statistics (median [min, max] over layers and windows):")
-        rows = [
-            ("expert max/mean", _range(stats.get("expert_max_over_mean"))),
-            ("Gini", _range(stats.get("gini"))),
-            ("top-10% share", _range(stats.get("top10_share"))),
-            ("experts under 1% of mean", _range(stats.get("idle_experts_per_layer"), 0)),
-            (f"GPU max/mean, contiguous on {stats.get('contiguous_gpus', '?')} GPUs, window",
-             _range(stats.get("gpu_max_over_mean_window"))),
-            ("  the same, one step", _range(stats.get("gpu_max_over_mean_step"))),
-            ("rank correlation of consecutive windows", _correlations(stats.get("rank_correlation_consecutive"))),
-        ]
-        for label, value in rows:
-            print(f"  {label:52s} {value}")
-        return 0
-    if action == "verify":
-        failures = 0
-        for name in shipped_names():
-            problem = verify_manifest(datasets_dir() / f"{name}.json")
-            if problem is None and args.regenerate:
-                from .suite import regenerates_identically
+def datasets_list(args) -> int:
+    print(f"{'name':18s} {'model':18s} {'layers x experts':>16s} {'top-k':>5s} {'groups':>6s} {'windows':>7s}  "
+          "scenarios (R/G/N/P)")
+    for name in shipped_names():
+        m = _manifest(name)
+        scenarios = "; ".join(_scenario_text(entry) for entry in m.get("scenarios", []))
+        shape = f"{m.get('num_layers', '?')} x {m.get('num_logical', '?')}"
+        print(f"{name:18s} {str(m.get('model', '-')):18s} {shape:>16s} {str(m.get('top_k', '-')):>5s} "
+              f"{m.get('num_groups', 1):>6} {m.get('num_windows', '?'):>7}  {scenarios}")
+    return 0
 
-                problem = regenerates_identically(datasets_dir() / f"{name}.json")
-            failures += problem is not None
-            if problem is not None:
-                status = f"FAILED: {problem}"
-            elif args.regenerate and "generator" not in read_manifest(datasets_dir() / f"{name}.json"):
-                status = "ok (not synthetic: sha256 only)"
+
+def datasets_show(args) -> int:
+    m = _manifest(args.name)
+    stats = m.get("statistics", {})
+    print(f"{m.get('name', args.name)}: {m.get('model', '')} {m.get('num_layers')} layers x {m.get('num_logical')} "
+          f"experts, top-{m.get('top_k', '?')}, {m.get('num_groups', 1)} groups, {m.get('num_windows')} windows "
+          f"of {m.get('window_steps')} steps")
+    print(f"file: {m['file']}  sha256: {m.get('sha256', '-')}")
+    print(f"provenance: {m.get('provenance', '-')}")
+    for phase in m.get("phases", []):
+        first, last = phase["windows"]
+        print(f"windows {first}-{last}: domain {phase.get('domain', '?')}, {phase.get('stage', '?')}")
+    print("statistics (median [min, max] over layers and windows):")
+    rows = [
+        ("expert max/mean", _range(stats.get("expert_max_over_mean"))),
+        ("Gini", _range(stats.get("gini"))),
+        ("top-10% share", _range(stats.get("top10_share"))),
+        ("experts under 1% of mean", _range(stats.get("idle_experts_per_layer"), 0)),
+        (f"GPU max/mean, contiguous on {stats.get('contiguous_gpus', '?')} GPUs, window",
+         _range(stats.get("gpu_max_over_mean_window"))),
+        ("  the same, one step", _range(stats.get("gpu_max_over_mean_step"))),
+        ("rank correlation of consecutive windows", _correlations(stats.get("rank_correlation_consecutive"))),
+    ]
+    for label, value in rows:
+        print(f"  {label:52s} {value}")
+    return 0
+
+
+def datasets_verify(args) -> int:
+    failures = 0
+    for name in shipped_names():
+        path = datasets_dir() / f"{name}.json"
+        problem = verify_manifest(path)
+        status = "ok"
+        if problem is None and args.regenerate:
+            from .suite import regenerates_identically
+
+            if "generator" in read_manifest(path):
+                problem = regenerates_identically(path)
             else:
-                status = "ok"
-            print(f"{name:18s} {status}")
-        return 1 if failures else 0
-    if action == "import":
-        scenarios = [parse_scenario(text) for text in args.scenario]
-        manifest = import_dataset(args.path, args.name, num_groups=args.groups, scenarios=scenarios,
-                                  window_steps=args.window_steps, force=args.force)
-        print(f"imported {manifest['name']}: {manifest['num_windows']} windows of {manifest['num_layers']} x "
-              f"{manifest['num_logical']} into {datasets_dir() / manifest['file']}")
-        return 0
-    raise UsageError(f"unknown datasets command {action!r}")
+                status = "ok (not synthetic: sha256 only)"
+        failures += problem is not None
+        print(f"{name:18s} {status if problem is None else 'FAILED: ' + problem}")
+    return 1 if failures else 0
+
+
+def datasets_import(args) -> int:
+    scenarios = [parse_scenario(text) for text in args.scenario]
+    manifest = import_dataset(args.path, args.name, num_groups=args.groups, scenarios=scenarios,
+                              window_steps=args.window_steps, force=args.force)
+    print(f"imported {manifest['name']}: {manifest['num_windows']} windows of {manifest['num_layers']} x "
+          f"{manifest['num_logical']} into {datasets_dir() / manifest['file']}")
+    return 0
+
+
+DATASETS_COMMANDS = {"list": datasets_list, "show": datasets_show, "verify": datasets_verify, "import": datasets_import}
+
+
+def command_datasets(args) -> int:
+    return DATASETS_COMMANDS[args.datasets_command or "list"](args)
 
 
 def main(argv: list[str] | None = None) -> int:

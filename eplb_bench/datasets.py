@@ -112,11 +112,26 @@ def check_values(loads: np.ndarray, where: str, limit: int = np.iinfo(np.int64).
         raise DatasetError(f"{where} are too large (over {limit})")
 
 
-def steps_to_windows(steps: np.ndarray, window_steps: int) -> np.ndarray:
+def _too_few_windows(num_steps: int, num_windows: int, window_steps: int, where: str) -> DatasetError:
+    return DatasetError(
+        f"{where}: {num_steps} steps make {num_windows} window(s) of {window_steps}; at least 2 are needed"
+    )
+
+
+def _counts_as_integers(windows: np.ndarray) -> np.ndarray:
+    """Float windows that hold whole numbers become int64; others stay as they are."""
+    if np.issubdtype(windows.dtype, np.floating) and (windows == np.round(windows)).all():
+        return windows.astype(np.int64)
+    return windows
+
+
+def steps_to_windows(steps: np.ndarray, window_steps: int, where: str) -> np.ndarray:
     """steps: [num_steps, L, E] -> [num_steps // window_steps, L, E]; a partial last window is dropped."""
     num_windows = steps.shape[0] // window_steps
+    if num_windows < 2:
+        raise _too_few_windows(steps.shape[0], num_windows, window_steps, where)
     usable = steps[: num_windows * window_steps]
-    return usable.reshape(num_windows, window_steps, *steps.shape[1:]).sum(1)
+    return _counts_as_integers(usable.reshape(num_windows, window_steps, *steps.shape[1:]).sum(1))
 
 
 def _as_tensor(windows: np.ndarray) -> torch.Tensor:
@@ -285,13 +300,8 @@ def sum_into_windows(steps, window_steps: int, where: str) -> np.ndarray:
             windows.append(current)
             current, count = np.zeros_like(current), 0
     if len(windows) < 2:
-        raise DatasetError(
-            f"{where}: {total} steps make {len(windows)} window(s) of {window_steps}; at least 2 are needed"
-        )
-    stacked = np.stack(windows)
-    if (stacked == np.round(stacked)).all():
-        stacked = stacked.astype(np.int64)
-    return stacked
+        raise _too_few_windows(total, len(windows), window_steps, where)
+    return _counts_as_integers(np.stack(windows))
 
 
 def load_vllm_json(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np.ndarray:
@@ -326,7 +336,7 @@ def load_sglang_dump(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np
         raise DatasetError(f"{path}: logical_count has shape {counts.shape}, expected [steps, layers, experts]")
     if not np.isfinite(counts).all() or (counts < 0).any():
         raise DatasetError(f"{path}: logical_count has NaN, infinite or negative counts")
-    return sum_into_windows(iter(counts), window_steps, str(path))
+    return steps_to_windows(counts, window_steps, str(path))
 
 
 def load_npz(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
@@ -353,7 +363,7 @@ def load_npz(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.n
             raise DatasetError(f"{path}: steps have shape {steps.shape}, expected [steps, layers, experts]")
         check_values(steps, f"{path}: steps", limit=np.iinfo(np.int64).max // (2 * steps_per_window))
         meta["window_steps"] = steps_per_window
-        return steps_to_windows(steps, steps_per_window), meta
+        return steps_to_windows(steps, steps_per_window, str(path)), meta
     raise DatasetError(f"{path}: expected an array named 'windows' or 'steps', found {sorted(contents) or 'none'}")
 
 

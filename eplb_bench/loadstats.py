@@ -69,31 +69,27 @@ def summary(values: np.ndarray) -> dict:
             (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))}
 
 
-def window_statistics(windows: np.ndarray, num_gpus: int) -> dict:
-    """Manifest statistics of windows [W, L, E]: per layer, averaged over windows, and summaries."""
+def dataset_statistics(windows: np.ndarray, num_gpus: int | None, first_steps: np.ndarray | None = None) -> dict:
+    """Manifest statistics of windows [W, L, E]: per layer, averaged over windows, and summaries.
+
+    GPU figures assume contiguous placement on `num_gpus` GPUs (1 when it is missing or
+    does not divide the experts); with `first_steps` [S, L, E], also one step's.
+    """
+    if not num_gpus or windows.shape[-1] % num_gpus:
+        num_gpus = 1
     expert = max_over_mean(windows)
     layer_gini = gini(windows)
-    layer_top = top_share(windows)
-    gpu = contiguous_gpu_imbalance(windows, num_gpus)
-    return {
+    stats = {
         "expert_max_over_mean": summary(expert),
         "expert_max_over_mean_per_layer": [round(float(v), 3) for v in expert.mean(0)],
         "gini": summary(layer_gini),
         "gini_per_layer": [round(float(v), 3) for v in layer_gini.mean(0)],
-        "top10_share": summary(layer_top),
+        "top10_share": summary(top_share(windows)),
         "idle_experts_per_layer": summary(idle_count(windows)),
         "contiguous_gpus": num_gpus,
-        "gpu_max_over_mean_window": summary(gpu.mean(-1)),
+        "gpu_max_over_mean_window": summary(contiguous_gpu_imbalance(windows, num_gpus).mean(-1)),
         "rank_correlation_consecutive": [round(c, 4) for c in consecutive_rank_correlations(windows)],
     }
-
-
-def dataset_statistics(windows: np.ndarray, num_gpus: int | None, first_steps: np.ndarray | None = None) -> dict:
-    """Manifest statistics of windows [W, L, E]; with `first_steps` [S, L, E], also one
-    step's contiguous GPU max/mean. Without `num_gpus` the GPU figures are left out."""
-    if not num_gpus or windows.shape[-1] % num_gpus:
-        num_gpus = 1
-    stats = window_statistics(windows, num_gpus)
     if first_steps is not None and len(first_steps):
         stats["gpu_max_over_mean_step"] = summary(contiguous_gpu_imbalance(first_steps, num_gpus).mean(-1))
     return stats

@@ -114,10 +114,9 @@ def discover() -> None:
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry.load()
-            if callable(loaded) and _REGISTRY.get(entry.name, None) is None:
+            # A callable is registered under the entry point's name; a module registers itself.
+            if callable(loaded) and (entry.name not in _REGISTRY or _REGISTRY[entry.name].function is not loaded):
                 register(entry.name)(loaded)
-            elif callable(loaded) and _REGISTRY[entry.name].function is not loaded:
-                raise RegistryError(f"the name is already registered by {_REGISTRY[entry.name].source}")
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
