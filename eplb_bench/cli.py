@@ -24,6 +24,7 @@ from .registry import RegistryError, algorithm_info, broken_algorithms, file_alg
 from .report import format_table
 from .runner import Job, run_jobs
 from .scoring import DEFAULT_SCORER, SCORERS
+from .speed import DEFAULT_SPEED_ALGORITHMS, format_speed, time_scenario
 
 
 class UsageError(Exception):
@@ -55,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scorer", default=DEFAULT_SCORER, choices=sorted(SCORERS), help="ranking score")
     run.add_argument("--json", action="store_true", help="print one JSON record per line instead of tables")
     run.add_argument("--out", help="append JSON records to this file as they finish")
+    run.add_argument("--no-migration", action="store_true",
+                     help="do not pass the previous placement (prev_phy2log=) to balancers that accept it")
+    speed = commands.add_parser("bench-speed", help="median runtimes and ratios of balancers, in one process")
+    speed.add_argument("--algorithms", default=",".join(DEFAULT_SPEED_ALGORITHMS),
+                       help="comma-separated balancer names or .py files (default: deepseek,seed,fast)")
+    speed.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
+    speed.add_argument("--reference", default="fast", help="the balancer the ratios divide by (default fast)")
+    speed.add_argument("--calls", type=int, default=7, help="timed calls per balancer and scenario (default 7)")
+    speed.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     data = commands.add_parser("datasets", help="list, show, verify and import datasets")
     data_commands = data.add_subparsers(dest="datasets_command", parser_class=Parser)
     data_commands.add_parser("list", help="every shipped dataset (the default)")
@@ -156,7 +166,7 @@ def command_run(args) -> int:
         raise UsageError(f"no datasets: none shipped in {datasets_dir()} and none given with --datasets")
     override = scenario_override(args)
     jobs = [
-        Job(info, dataset, scenario, device, predictor)
+        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
         for dataset in datasets
         for scenario in scenarios_for(dataset, override)
         for info in algorithms
@@ -180,6 +190,25 @@ def command_run(args) -> int:
             out.close()
     if not args.json:
         print(format_table(records, args.scorer))
+    return 0
+
+
+def command_bench_speed(args) -> int:
+    if args.calls < 1:
+        raise UsageError("--calls must be at least 1")
+    device = resolve_device(args.device)
+    algorithms = resolve_algorithms(args.algorithms)
+    names = [info.name for info in algorithms]
+    if args.reference not in names:
+        raise UsageError(f"--reference {args.reference!r} is not among --algorithms ({', '.join(names)})")
+    datasets = [load_dataset(name) for name in (_split(args.datasets) if args.datasets else shipped_names())]
+    rows = []
+    for dataset in datasets:
+        for scenario in scenarios_for(dataset, None):
+            rows.append(time_scenario(algorithms, dataset, scenario, device, args.calls))
+            print(f"  {dataset.name} {scenario.name or scenario.label()}: done", file=sys.stderr, flush=True)
+    print(f"median ms of {args.calls} calls on {device}; ratios = balancer / {args.reference}")
+    print(format_speed(rows, names, args.reference))
     return 0
 
 
@@ -298,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv or ["run"])
         if args.command is None:
             args = build_parser().parse_args(["run", *argv])
-        handler = {"list": command_list, "run": command_run, "datasets": command_datasets}[args.command]
+        handler = {"list": command_list, "run": command_run, "datasets": command_datasets,
+                   "bench-speed": command_bench_speed}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

@@ -58,6 +58,30 @@ class Dataset:
     def num_logical(self) -> int:
         return self.windows.shape[2]
 
+    @property
+    def routing(self) -> "Routing":
+        """How tokens choose experts, from the manifest (top-k 8, no group limit if unknown)."""
+        generator = self.meta.get("generator") if isinstance(self.meta.get("generator"), dict) else {}
+        top_k = self.meta.get("top_k") or generator.get("top_k") or DEFAULT_TOP_K
+        groups = generator.get("routing_groups") or 1
+        chosen = generator.get("topk_groups") or 0
+        if chosen <= 0 or groups <= 1 or self.num_logical % groups:
+            groups, chosen = 1, 1
+        return Routing(int(top_k), int(groups), int(chosen))
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Token routing of a model: top_k experts per token, from topk_groups of
+    num_groups contiguous expert groups (1 of 1 when routing is not group-limited)."""
+
+    top_k: int = 8
+    num_groups: int = 1
+    topk_groups: int = 1
+
+
+DEFAULT_TOP_K = 8
+
 
 def datasets_dir() -> Path:
     """Where shipped datasets live: $EPLB_BENCH_DATASETS, the source tree, or the install prefix."""

@@ -44,6 +44,8 @@ class Job:
     scenario: Scenario
     device: str = "cpu"
     predictor: Predictor = Predictor()
+    # Hand the previous window's placement to balancers that accept `prev_phy2log`.
+    migration: bool = True
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -56,16 +58,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario):
+def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, prev_phy2log: torch.Tensor | None = None):
     """Call the balancer once on `weight`; return (output, seconds).
 
-    Raises BalancerFailure('error') when the balancer raises.
+    `prev_phy2log` is passed as a keyword when given. Timing synchronizes CUDA
+    before and after the call. Raises BalancerFailure('error') when the balancer raises.
     """
+    extra = {} if prev_phy2log is None else {"prev_phy2log": prev_phy2log}
     _synchronize(weight.device)
     start = time.perf_counter()
     try:
         output = info.function(
-            weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus
+            weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus, **extra
         )
         _synchronize(weight.device)
     except KeyboardInterrupt:
@@ -93,21 +97,26 @@ def checked_placement(output, weight: torch.Tensor, scenario: Scenario):
     return placement
 
 
-def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int):
+def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int,
+         prev_phy2log: torch.Tensor | None = None):
     """Plan on one window, timed `repeat` times; return (placement, list of seconds).
 
     Args:
         weight: [num_layers, num_logical], on the run's device; never handed out itself.
+        prev_phy2log: [num_layers, num_replicas], the placement in service, or None.
     The first call gets the window itself; its placement is the one scored. Repeat k
-    gets the window with its experts rotated by k places: the same loads and the same
-    work, but an input no cache of earlier answers can serve. Every call's input is
-    checked for changes and every output validated.
+    gets the window with its experts rotated by k places (and the previous placement
+    renumbered to match): the same loads and the same work, but an input no cache of
+    earlier answers can serve. Every call's input is checked for changes and every
+    output validated.
     """
     placement, seconds = None, []
+    num_logical = weight.shape[-1]
     for attempt in range(repeat):
         source = weight if attempt == 0 else weight.roll(attempt, dims=-1)
         given = source.clone()
-        output, elapsed = timed_call(info, given, scenario)
+        previous = None if prev_phy2log is None else (prev_phy2log + attempt) % num_logical
+        output, elapsed = timed_call(info, given, scenario, previous)
         seconds.append(elapsed)
         if not torch.equal(given, source):
             raise BalancerFailure("invalid", "balancer modified its input weight")
@@ -151,6 +160,9 @@ def base_record(job: Job, repeat: int) -> dict:
         "balancedness_slot_insample": None,
         "balancedness_node": None,
         "internode_share": None,
+        "migrated_replicas": None,
+        "prev_placement": "passed" if passes_previous(job) else ("off" if not job.migration else "not accepted"),
+        "computed_on": computed_on(job),
         "runtime_ms": None,
         "runtime_ms_min": None,
         "runtime_ms_max": None,
@@ -161,29 +173,52 @@ def base_record(job: Job, repeat: int) -> dict:
     }
 
 
+def passes_previous(job: Job) -> bool:
+    return job.migration and "prev_phy2log" in job.algorithm.accepts
+
+
+def computed_on(job: Job) -> str:
+    """Where the balancer computes: the run's device, or the CPU for balancers that
+    move a CUDA input there and back (their time includes both copies)."""
+    kind = torch.device(job.device).type
+    return job.device if kind in job.algorithm.devices else f"cpu (input moved from {job.device} and back)"
+
+
+def migrated_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor) -> int:
+    """Slots, over all layers, whose expert differs between two placements [L, R]."""
+    return int((phy2log != prev_phy2log).sum())
+
+
 def run_job(job: Job, repeat: int = 1) -> dict:
     """Plan on each window but the last, score on the next one; one record.
 
     The balancer plans on the predictor's view of window i (window i itself by
     default); scoring is on the real windows i + 1 (next) and i (in-sample).
-    Metrics are means over window pairs; runtime_ms is the median of all timed calls.
+    Metrics are means over window pairs; runtime_ms is the median of all timed calls;
+    migrated_replicas is the mean, over rebalances after the first, of the slots
+    (all layers together) whose expert changed.
     """
     record = base_record(job, repeat)
     scenario = job.scenario
     windows = job.dataset.windows.to(job.device)
     planned = predicted_windows(windows, job.predictor)
-    next_window, in_sample, shares, seconds = [], [], [], []
-    window = None
+    next_window, in_sample, shares, seconds, migrated = [], [], [], [], []
+    window, previous = None, None
+    routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
     try:
         # Untimed warm-up on window 0 reversed: no answer to a real window can be cached.
         timed_call(job.algorithm, planned[0].flip(-1).contiguous(), scenario)
         for window in range(windows.shape[0] - 1):
-            placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat)
+            handed = previous if passes_previous(job) else None
+            placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat, handed)
             seconds.extend(elapsed)
             phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
+            if previous is not None:
+                migrated.append(migrated_slots(phy2log, previous))
+            previous = phy2log
             next_window.append(placement_metrics(windows[window + 1], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
             in_sample.append(placement_metrics(windows[window], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
-            shares.append(internode_share(windows[window + 1], phy2log, scenario.num_nodes))
+            shares.append(internode_share(windows[window + 1], phy2log, logcnt, scenario.num_nodes, *routing))
     except BalancerFailure as failure:
         record["status"] = failure.status
         where = f"window {window}: " if window is not None else "warm-up: "
@@ -200,6 +235,7 @@ def run_job(job: Job, repeat: int = 1) -> dict:
         balancedness_slot_insample=_mean([m["balancedness_slot"] for m in in_sample]),
         balancedness_node=_mean([m["balancedness_node"] for m in next_window]),
         internode_share=_mean(shares),
+        migrated_replicas=_mean(migrated) if migrated else None,
         runtime_ms=median * 1e3,
     )
     record["scores"] = all_scores(record, median)

@@ -43,26 +43,48 @@ def balancedness(loads: torch.Tensor) -> float:
     return float(loads.mean(-1).sum()) / peak
 
 
-def internode_share(weight: torch.Tensor, phy2log: torch.Tensor, num_nodes: int) -> float:
-    """Estimated share of routed tokens that cross nodes.
+def internode_share(
+    weight: torch.Tensor,
+    phy2log: torch.Tensor,
+    logcnt: torch.Tensor,
+    num_nodes: int,
+    top_k: int = 8,
+    routing_groups: int = 1,
+    topk_groups: int = 1,
+) -> float:
+    """Estimated share of a token's expert dispatches that cross nodes, counting
+    one send per destination node (dispatch kernels send a token once per node).
 
-    Model: every expert's tokens start evenly spread over the nodes (data-parallel
-    attention), and a token goes to a replica on its own node when one exists, else
-    to another node. The share is therefore the load-weighted fraction of nodes that
-    hold no replica of the expert.
+    Model: tokens start evenly spread over the nodes; a token picks `topk_groups` of
+    `routing_groups` contiguous expert groups, group g with probability in
+    proportion to its load, then top_k / topk_groups experts inside each, each
+    landing on node n with the share of the group's load placed there. The sends of
+    one chosen group are de-duplicated by node, those of different groups are not.
+    With one group per node and group-limited routing a token reaches at most
+    topk_groups nodes; spreading a group's experts over nodes reaches more.
 
     Args:
-        weight: [num_layers, num_logical]; phy2log: [num_layers, num_replicas].
+        weight: [num_layers, num_logical]; phy2log: [num_layers, num_replicas];
+        logcnt: [num_layers, num_logical].
+    Returns:
+        remote sends per token / top_k, in [0, (num_nodes - 1) / num_nodes].
     """
     num_layers, num_logical = weight.shape
-    slots_by_node = phy2log.to(weight.device).view(num_layers, num_nodes, -1)
-    present = torch.zeros(num_layers, num_nodes, num_logical, dtype=torch.bool, device=weight.device)
-    present.scatter_(2, slots_by_node, True)
-    nodes_without = num_nodes - present.sum(1).double()
-    total = float(weight.double().sum())
-    if total <= 0.0:
+    total = weight.double().sum(-1)
+    if num_nodes == 1 or float(total.sum()) <= 0.0:
         return 0.0
-    return float((weight.double() * nodes_without).sum()) / (num_nodes * total)
+    loads = slot_loads(weight, phy2log, logcnt).view(num_layers, num_nodes, -1)
+    group_of_slot = (phy2log.to(weight.device) // (num_logical // routing_groups)).view(num_layers, num_nodes, -1)
+    on_node = torch.zeros(num_layers, num_nodes, routing_groups, dtype=torch.float64, device=weight.device)
+    on_node.scatter_add_(2, group_of_slot, loads)                      # [L, N, G] group load per node
+    group_load = on_node.sum(1)                                         # [L, G]
+    share = on_node / group_load.clamp(min=1e-300).unsqueeze(1)
+    picks = top_k / topk_groups
+    nodes_reached = (1 - (1 - share).pow(picks)).sum(1)                # [L, G] per chosen group
+    sends = topk_groups * (group_load * nodes_reached).sum(-1) / total.clamp(min=1e-300)
+    remote = sends * (num_nodes - 1) / num_nodes / top_k
+    busy = total > 0
+    return float((remote * total)[busy].sum() / total[busy].sum())
 
 
 def placement_metrics(
