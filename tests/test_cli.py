@@ -220,3 +220,29 @@ def test_tampered_manifests_give_one_line_errors(tmp_path, monkeypatch, capsys, 
         assert len(err) == 1 and err[0].startswith("eplb-bench: error: ") and "d.json" in err[0], err
     assert main(["datasets", "verify"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_main_job_reports_migrations_and_fast_is_passed_its_placement(main_job_records):
+    for record in main_job_records:
+        assert record["migrated_replicas"] is not None and record["migrated_replicas"] >= 0
+        expected = "passed" if record["algorithm"] == "fast" else "not accepted"
+        assert record["prev_placement"] == expected and record["computed_on"] == "cpu"
+
+
+def test_bench_speed_prints_medians_and_ratios(capsys):
+    assert main(["bench-speed", "--datasets", "mixtral-8x7b", "--calls", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median ms of 2 calls on cpu; ratios = balancer / fast" in out
+    header, _, row = out.splitlines()[1:4]
+    assert header.split()[:2] == ["dataset", "scenario"] and "deepseek/fast" in header and "seed/fast" in header
+    cells = row.split()
+    assert cells[0] == "mixtral-8x7b" and cells[-1].endswith("x") and cells[-2].endswith("x")
+    deepseek_ms, seed_ms, fast_ms = (float(c) for c in cells[-5:-2])
+    # Ratios come from unrounded medians; the printed ones are rounded to 0.01 ms.
+    assert float(cells[-2][:-1]) == pytest.approx(deepseek_ms / fast_ms, rel=0.05, abs=0.06)
+    assert float(cells[-1][:-1]) == pytest.approx(seed_ms / fast_ms, rel=0.05, abs=0.06)
+
+
+def test_bench_speed_rejects_a_reference_it_does_not_time(capsys):
+    assert main(["bench-speed", "--algorithms", "deepseek,seed", "--datasets", "mixtral-8x7b"]) == 2
+    assert "--reference 'fast' is not among --algorithms" in capsys.readouterr().err

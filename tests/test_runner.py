@@ -38,7 +38,7 @@ def test_ok_record_matches_direct_computation():
         expected["node"] += upcoming["balancedness_node"] / 3
         expected["gpu_in"] += current["balancedness_gpu"] / 3
         expected["slot_in"] += current["balancedness_slot"] / 3
-        expected["share"] += internode_share(dataset.windows[i + 1], phy2log, 2) / 3
+        expected["share"] += internode_share(dataset.windows[i + 1], phy2log, logcnt, 2) / 3
     assert record["balancedness_gpu"] == pytest.approx(expected["gpu"])
     assert record["balancedness_slot"] == pytest.approx(expected["slot"])
     assert record["balancedness_node"] == pytest.approx(expected["node"])
@@ -223,3 +223,45 @@ def test_scored_placement_cannot_be_changed_after_validation():
     record = run_job(Job(info("aliasing", aliasing), small_dataset(), SCENARIO), repeat=2)
     assert record["status"] == "ok"
     assert record["balancedness_slot"] == pytest.approx(honest["balancedness_slot"])
+
+
+def test_previous_placement_is_passed_and_migrations_are_counted():
+    dataset = small_dataset()
+    deepseek = get_algorithm("deepseek")
+    seen = []
+
+    def aware(weight, num_replicas, num_groups, num_nodes, num_gpus, prev_phy2log=None):
+        seen.append(None if prev_phy2log is None else prev_phy2log.clone())
+        return deepseek(weight, num_replicas, num_groups, num_nodes, num_gpus)
+
+    from eplb_bench.registry import _keyword_names
+    algorithm = AlgorithmInfo(name="aware", function=aware, accepts=_keyword_names(aware))
+    record = run_job(Job(algorithm, dataset, SCENARIO))
+    placements = [deepseek(dataset.windows[i], 12, 4, 2, 4)[0] for i in range(3)]
+    # Warm-up and window 0 get nothing; window i gets window i - 1's placement.
+    assert seen[0] is None and seen[1] is None
+    assert torch.equal(seen[2], placements[0]) and torch.equal(seen[3], placements[1])
+    moved = [int((placements[i] != placements[i - 1]).sum()) for i in (1, 2)]
+    assert record["migrated_replicas"] == pytest.approx(sum(moved) / 2)
+    assert record["prev_placement"] == "passed"
+
+    seen.clear()
+    record = run_job(Job(algorithm, dataset, SCENARIO, migration=False))
+    assert all(previous is None for previous in seen) and record["prev_placement"] == "off"
+    assert record["migrated_replicas"] == pytest.approx(sum(moved) / 2)
+
+
+def test_repeats_get_the_previous_placement_renumbered_with_the_experts():
+    dataset = small_dataset()
+    deepseek = get_algorithm("deepseek")
+    calls = []
+
+    def aware(weight, num_replicas, num_groups, num_nodes, num_gpus, prev_phy2log=None):
+        calls.append((weight.clone(), None if prev_phy2log is None else prev_phy2log.clone()))
+        return deepseek(weight, num_replicas, num_groups, num_nodes, num_gpus)
+
+    algorithm = AlgorithmInfo(name="aware", function=aware, accepts=frozenset({"prev_phy2log"}))
+    run_job(Job(algorithm, dataset, SCENARIO), repeat=2)
+    first, rotated = calls[3], calls[4]  # window 1: the call that is scored, then its repeat
+    assert torch.equal(rotated[0], first[0].roll(1, dims=-1))
+    assert torch.equal(rotated[1], (first[1] + 1) % 8)

@@ -42,22 +42,38 @@ def test_slot_and_gpu_balancedness_differ():
 
 def test_all_zero_load_is_balanced():
     assert balancedness(torch.zeros(3, 4, dtype=torch.float64)) == 1.0
-    assert internode_share(torch.zeros(2, 3), PHY2LOG, 2) == 0.0
+    assert internode_share(torch.zeros(2, 3), PHY2LOG, LOGCNT, 2) == 0.0
 
 
 def test_internode_share_by_hand():
-    # Layer 0, nodes {0,1} and {0,2}: expert 1 (3) and 2 (1) are on one node, half their
-    # tokens cross: 2. Layer 1, nodes {2} and {0,1}: expert 2 (8) crosses half: 4. Of 18.
-    assert internode_share(WEIGHT, PHY2LOG, 2) == pytest.approx(6 / 18)
-    assert internode_share(WEIGHT, PHY2LOG, 1) == 0.0
+    # One token's expert goes to node n with the share of load placed there; half the
+    # sends are remote with two nodes. Layer 0 nodes carry 6 and 4, layer 1 8 and 0.
+    assert internode_share(WEIGHT, PHY2LOG, LOGCNT, 2, top_k=1) == pytest.approx(0.5)
+    # Two picks: layer 0 reaches (1 - 0.4^2) + (1 - 0.6^2) = 1.48 nodes, layer 1 one;
+    # remote sends per pick 1.48 / 4 and 1 / 4, weighted by the layers' loads 10 and 8.
+    assert internode_share(WEIGHT, PHY2LOG, LOGCNT, 2, top_k=2) == pytest.approx((0.37 * 10 + 0.25 * 8) / 18)
+    assert internode_share(WEIGHT, PHY2LOG, LOGCNT, 1) == 0.0
 
 
-def brute_force(weight, phy2log, logcnt, num_gpus, num_nodes):
+def test_internode_share_credits_groups_kept_on_nodes():
+    weight, logcnt = torch.ones(1, 4), torch.ones(1, 4, dtype=torch.int64)
+    grouped, split = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 1, 3]])
+    routing = dict(top_k=2, routing_groups=2, topk_groups=1)
+    # Each group on its own node: one node per token, remote half the time: 0.5 / 2 picks.
+    assert internode_share(weight, grouped, logcnt, 2, **routing) == pytest.approx(0.25)
+    # Each group split over both nodes: 1.5 nodes per token.
+    assert internode_share(weight, split, logcnt, 2, **routing) == pytest.approx(0.375)
+    # Without group-limited routing both placements look alike.
+    assert internode_share(weight, grouped, logcnt, 2, top_k=2) == internode_share(weight, split, logcnt, 2, top_k=2)
+
+
+def brute_force(weight, phy2log, logcnt, num_gpus, num_nodes, top_k, groups, chosen):
     layers, replicas = phy2log.shape
     per_gpu = replicas // num_gpus
-    gpus_per_node = num_gpus // num_nodes
+    per_node = replicas // num_nodes
+    group_size = weight.shape[1] // groups
     sum_mean = sum_max = slot_mean = slot_max = 0.0
-    crossing = total = 0.0
+    remote = total = 0.0
     for layer in range(layers):
         slot = [float(weight[layer, phy2log[layer, s]]) / int(logcnt[layer, phy2log[layer, s]]) for s in range(replicas)]
         gpu = [sum(slot[g * per_gpu:(g + 1) * per_gpu]) for g in range(num_gpus)]
@@ -65,27 +81,35 @@ def brute_force(weight, phy2log, logcnt, num_gpus, num_nodes):
         sum_max += max(gpu)
         slot_mean += sum(slot) / replicas
         slot_max += max(slot)
-        for expert in range(weight.shape[1]):
-            nodes = {(s // per_gpu) // gpus_per_node for s in range(replicas) if phy2log[layer, s] == expert}
-            crossing += float(weight[layer, expert]) * (num_nodes - len(nodes)) / num_nodes
-            total += float(weight[layer, expert])
-    return sum_mean / sum_max, slot_mean / slot_max, crossing / total
+        layer_total = sum(slot)
+        sends = 0.0
+        for group in range(groups):
+            on_node = [sum(slot[s] for s in range(n * per_node, (n + 1) * per_node)
+                           if int(phy2log[layer, s]) // group_size == group) for n in range(num_nodes)]
+            group_total = sum(on_node)
+            if group_total:
+                reached = sum(1 - (1 - x / group_total) ** (top_k / chosen) for x in on_node)
+                sends += chosen * group_total / layer_total * reached
+        remote += layer_total * sends * (num_nodes - 1) / num_nodes / top_k
+        total += layer_total
+    return sum_mean / sum_max, slot_mean / slot_max, remote / total
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_metrics_match_brute_force(seed):
     generator = torch.Generator().manual_seed(seed)
     layers, experts, replicas, gpus, nodes = 3, 8, 12, 4, 2
-    weight = torch.randint(0, 100, (layers, experts), generator=generator)
+    weight = torch.randint(1, 100, (layers, experts), generator=generator)
     extra = torch.randint(0, experts, (layers, replicas - experts), generator=generator)
     slots = torch.cat([torch.arange(experts).expand(layers, -1), extra], dim=1)
     phy2log = slots.gather(1, torch.argsort(torch.rand(layers, replicas, generator=generator), dim=1))
     logcnt = torch.zeros(layers, experts, dtype=torch.int64).scatter_add_(1, phy2log, torch.ones_like(phy2log))
-    expected_gpu, expected_slot, expected_share = brute_force(weight, phy2log, logcnt, gpus, nodes)
+    routing = (6, 4, 2) if seed % 2 else (3, 1, 1)
+    expected_gpu, expected_slot, expected_share = brute_force(weight, phy2log, logcnt, gpus, nodes, *routing)
     metrics = placement_metrics(weight, phy2log, logcnt, gpus, nodes)
     assert metrics["balancedness_gpu"] == pytest.approx(expected_gpu)
     assert metrics["balancedness_slot"] == pytest.approx(expected_slot)
-    assert internode_share(weight, phy2log, nodes) == pytest.approx(expected_share)
+    assert internode_share(weight, phy2log, logcnt, nodes, *routing) == pytest.approx(expected_share)
 
 
 def test_scorers_by_hand():

@@ -1,0 +1,172 @@
+"""The `fast` balancer: exact counts, packing properties, policy, migration, devices."""
+
+import itertools
+
+import pytest
+import torch
+
+from eplb_bench import Scenario, get_algorithm, validate_placement
+from eplb_bench_algorithms import fast as fast_module
+from eplb_bench_algorithms.hybrid_replication import hybrid_replication
+
+fast = get_algorithm("fast")
+
+
+def sequential_divisor_counts(weight, num_slots, beta):
+    """Brute force: hand out replicas one at a time to the highest weight / (c - beta)."""
+    counts = [1] * len(weight)
+    for _ in range(num_slots - len(weight)):
+        best = max(range(len(weight)), key=lambda e: (weight[e] / (counts[e] - beta), -e))
+        counts[best] += 1
+    return counts
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("seed", range(4))
+def test_divisor_counts_match_one_at_a_time_allocation(beta, seed):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.rand(6, 10, generator=generator, dtype=torch.float64) ** 3 * 100
+    for num_slots in (10, 13, 24, 57):
+        slots = torch.full((6, 1), num_slots)
+        counts = fast_module.divisor_counts(weight, slots, torch.full((6, 1), beta, dtype=torch.float64))
+        expected = [sequential_divisor_counts(row.tolist(), num_slots, beta) for row in weight]
+        assert counts.tolist() == expected
+
+
+def test_seed_rule_gives_the_seed_replica_counts():
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.rand(8, 16, generator=generator, dtype=torch.float64) * 50 + 1
+    rules = fast_module.COUNT_RULES
+    stacked = weight.repeat(len(rules), 1)
+    counts = fast_module.rule_counts(stacked, 40, 8).view(len(rules), 8, 16)[rules.index("seed")]
+    _, _, seed_counts = hybrid_replication(weight, 40)
+    assert torch.equal(counts, seed_counts)
+
+
+def brute_force_pairing(loads):
+    """Smallest possible maximum of 2-item bins over all pairings of `loads`."""
+    best = float("inf")
+    for perm in itertools.permutations(range(len(loads))):
+        pairs = [loads[perm[i]] + loads[perm[i + 1]] for i in range(0, len(loads), 2)]
+        best = min(best, max(pairs))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sorted_rounds_pair_optimally_with_two_items_per_bin(seed):
+    loads = torch.rand(1, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    positions = fast_module.pack_in_rounds(loads, 4)
+    peak = loads.gather(1, positions).view(4, 2).sum(-1).max()
+    assert float(peak) == pytest.approx(brute_force_pairing(loads[0].tolist()))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_swaps_never_raise_the_peak_and_keep_the_items(seed):
+    generator = torch.Generator().manual_seed(seed)
+    loads = torch.rand(7, 24, generator=generator, dtype=torch.float64) ** 4
+    positions = fast_module.pack_in_rounds(loads, 4)
+    placed = loads.gather(1, positions)
+    before = placed.view(7, 4, 6).sum(-1).max(-1).values
+    refined = fast_module.refine_by_swaps(placed.clone(), positions, 4, rounds=20)
+    after = loads.gather(1, refined).view(7, 4, 6).sum(-1).max(-1).values
+    assert (after <= before + 1e-12).all()
+    assert torch.equal(refined.sort(-1).values, torch.arange(24).expand(7, -1))
+
+
+SCENARIOS = [
+    Scenario(16, 4, 2, 4),   # hierarchical
+    Scenario(18, 4, 3, 6),   # groups do not divide nodes: global
+    Scenario(8, 1, 1, 4),    # no redundancy
+    Scenario(12, 1, 1, 12),  # one slot per GPU
+    Scenario(40, 8, 4, 8),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.label())
+def test_valid_and_deterministic(scenario):
+    generator = torch.Generator().manual_seed(1)
+    weight = (torch.rand(5, 8, generator=generator) ** 4 * 1000).round()
+    weight[2] = 0  # an idle layer
+    weight[3, :4] = 0
+    first = fast(weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus)
+    validate_placement(*first, num_logical=8, num_replicas=scenario.num_replicas, num_gpus=scenario.num_gpus,
+                       num_layers=5)
+    second = fast(weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_better_than_deepseek_in_sample_on_random_loads_with_redundancy():
+    deepseek = get_algorithm("deepseek")
+    generator = torch.Generator().manual_seed(5)
+    weight = (torch.rand(20, 32, generator=generator) ** 3 * 1000).round() + 1
+    for R, G, N, P in [(48, 1, 1, 8), (40, 1, 1, 8), (48, 4, 2, 8)]:
+        peaks = []
+        for balancer in (fast, deepseek):
+            phy2log, _, logcnt = balancer(weight, R, G, N, P)
+            peaks.append(fast_module.peak_gpu_load(weight.double(), phy2log, logcnt, P))
+        assert float(peaks[0].sum()) <= float(peaks[1].sum()) + 1e-9
+
+
+def test_policy_keeps_balanced_groups_on_nodes_and_spreads_a_dominant_group():
+    # Layer 0: four groups of equal load. Layer 1: group 0 carries most of the load.
+    weight = torch.ones(2, 16, dtype=torch.float64)
+    weight[1, :4] = 40.0
+    nodemajor, local = fast_module.experts_to_nodes(weight, 4, 2, locality_tolerance=0.05)
+    assert local.tolist() == [True, False]
+    groups_on_node = nodemajor[0].view(2, 8) // 4
+    assert all(len(set(row.tolist())) == 2 for row in groups_on_node)
+    heavy_per_node = (nodemajor[1].view(2, 8) < 4).sum(-1)
+    assert heavy_per_node.tolist() == [2, 2]
+    # The spread layer is far better balanced than whole groups on nodes can be.
+    phy2log, _, logcnt = fast(weight, 32, 4, 2, 4)
+    spread_peak = float(fast_module.peak_gpu_load(weight, phy2log, logcnt, 4)[1])
+    kept, _, kept_cnt = fast(weight, 32, 4, 2, 4, locality_tolerance=100.0)
+    kept_peak = float(fast_module.peak_gpu_load(weight, kept, kept_cnt, 4)[1])
+    assert spread_peak < 0.7 * kept_peak
+
+
+def test_keep_slots_leaves_staying_experts_in_place():
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        old = torch.randint(0, 5, (3, 12), generator=generator)
+        new = torch.randint(0, 5, (3, 12), generator=generator)
+        kept = fast_module.keep_slots(new, old, num_gpus=3)
+        for gpu in range(3):
+            block = slice(4 * gpu, 4 * gpu + 4)
+            assert torch.equal(kept[:, block].sort(-1).values, new[:, block].sort(-1).values)
+            for layer in range(3):
+                # As many slots keep their expert as the two multisets have in common.
+                common = sum(min(new[layer, block].tolist().count(e), old[layer, block].tolist().count(e))
+                             for e in range(5))
+                assert int((kept[layer, block] == old[layer, block]).sum()) == common
+
+
+def test_previous_placement_and_the_migration_knob():
+    generator = torch.Generator().manual_seed(4)
+    weight = (torch.rand(6, 16, generator=generator) ** 3 * 1000).round() + 1
+    args = (24, 4, 2, 8)
+    phy2log, log2phy, logcnt = fast(weight, *args)
+    # Given its own placement back on the same loads, nothing moves.
+    again = fast(weight, *args, prev_phy2log=phy2log)
+    assert torch.equal(again[0], phy2log)
+    # On new loads a huge tolerance keeps every layer's old placement...
+    shifted = weight.roll(3, dims=-1)
+    kept = fast(shifted, *args, prev_phy2log=phy2log, migration_tolerance=10.0)
+    assert torch.equal(kept[0], phy2log)
+    validate_placement(*kept, num_logical=16, num_replicas=24, num_gpus=8, num_layers=6)
+    # ...and tolerance 0 never loses balance against the placement made from scratch.
+    fresh = fast(shifted, *args)
+    aware = fast(shifted, *args, prev_phy2log=phy2log)
+    peak = lambda out: fast_module.peak_gpu_load(shifted.double(), out[0], out[2], 8)
+    assert (peak(aware) <= peak(fresh) + 1e-9).all()
+    assert int((aware[0] != phy2log).sum()) <= int((fresh[0] != phy2log).sum())
+
+
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    weight = (torch.rand(4, 16, generator=torch.Generator().manual_seed(0)) * 100).round()
+    cpu = fast(weight, 24, 4, 2, 8)
+    cuda = fast(weight.cuda(), 24, 4, 2, 8)
+    assert all(t.device.type == "cuda" for t in cuda)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, cuda))
