@@ -37,13 +37,12 @@ from eplb_bench import register
 
 LOCALITY_TOLERANCE = 0.05
 MIGRATION_TOLERANCE = 0.0
-REFINE_ROUNDS = 12
+REFINE_ROUNDS = 2
+NO_REDUNDANCY_ROUNDS = 16
 # Swaps per round: between the i-th heaviest and i-th lightest bin, i < this.
 PAIRS_PER_ROUND = 2
 # Experts of spread layers go to nodes by this many sorted rounds, then in snake order.
 NODE_SORTED_ROUNDS = 16
-# Count rules, see step 2 above: a beta, or "seed" for the seed's hybrid rule.
-COUNT_RULES = (0.5, 0.1, "seed")
 
 
 def descending_order(values: torch.Tensor) -> torch.Tensor:
@@ -69,106 +68,69 @@ def lightest_first(loads: torch.Tensor) -> torch.Tensor:
     return descending_order(loads.max(-1, keepdim=True).values - loads)
 
 
-def counts_at(weight: torch.Tensor, threshold: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Replicas per expert when every replica priority above `threshold` is granted.
+def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: float, fresh: bool) -> torch.Tensor:
+    """Grant the `grants` highest replica priorities of every row.
+
+    The next replica of an expert holding c replicas has priority weight / (c - beta).
+    Only a few candidates can win: rank the experts by their next priority; the
+    (t+1)-th next replica of the expert ranked r can only be granted if every
+    better-ranked expert got its first one, so r < grants, and, when every expert
+    holds one replica (`fresh`), if they all got t + 1, so (r + 1)(t + 1) <= grants.
+    One small sort of those candidates decides.
 
     Args:
-        weight: [B, n]; threshold: [B, 1] > 0; beta: [B, 1].
+        weight: [B, n]; counts: [B, n] float, current counts.
     Returns:
-        [B, n] int64: max(1, ceil(weight / threshold + beta)).
-    """
-    return torch.ceil(weight / threshold + beta).clamp(min=1).to(torch.int64)
-
-
-def divisor_counts(weight: torch.Tensor, num_slots: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Replica counts of a divisor rule: the next replica of an expert holding c
-    replicas has priority weight / (c - beta); the num_slots - n extra replicas go
-    to the highest priorities (beta = 0: D'Hondt, DeepSeek's rule).
-
-    Args:
-        weight: [B, n] float, rows with a positive sum; num_slots: [B, 1] int64,
-        each >= n; beta: [B, 1], in [0, 1).
-    Returns:
-        [B, n] int64 counts, row b summing to num_slots[b].
+        [B, n] counts with the grants added; ties go to the better-ranked expert.
     """
     rows, num_items = weight.shape
-    # A threshold whose counts do not overshoot: counts_at is monotone, so every
-    # priority above it belongs to the final allocation. Solve the continuous
-    # version sum(max(1, w / t + beta)) = num_slots - (big experts) with a few
-    # fixed-point steps, aiming low so that rounding up rarely overshoots.
-    total = weight.sum(-1, keepdim=True)
-    threshold = total / num_slots
-    for _ in range(3):
-        big = weight > (1 - beta) * threshold
-        num_big = big.sum(-1, keepdim=True)
-        room = num_slots - num_items - beta * num_big
-        threshold = torch.where(room > 0, (weight * big).sum(-1, keepdim=True) / room.clamp(min=1), total)
-    counts = counts_at(weight, threshold, beta)
-    over = counts.sum(-1, keepdim=True) > num_slots
-    while bool(over.any()):
-        threshold = torch.where(over, threshold * 1.25, threshold)
-        counts = counts_at(weight, threshold, beta)
-        over = counts.sum(-1, keepdim=True) > num_slots
-    return grant_rest(weight, counts, num_slots, beta)
-
-
-def grant_rest(weight: torch.Tensor, counts: torch.Tensor, num_slots: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Add the missing replicas of each row one priority at a time (see divisor_counts).
-
-    Args:
-        weight: [B, n]; counts: [B, n] with row sums <= num_slots [B, 1]; beta: [B, 1].
-    Returns:
-        [B, n] int64 counts summing to num_slots.
-    """
-    rows, num_items = weight.shape
-    missing = num_slots - counts.sum(-1, keepdim=True)
-    most = int(missing.max())
-    if most <= 0:
+    if grants <= 0:
         return counts
-    # Candidates: each expert's next `depth` replicas; deeper when an expert took all.
-    depth = 2
-    while True:
-        step = torch.arange(depth, device=weight.device, dtype=weight.dtype)
-        priority = weight.unsqueeze(-1) / (counts.unsqueeze(-1) + step - beta.unsqueeze(-1))
-        top = descending_order(priority.view(rows, num_items * depth))[:, :most]
-        granted = (torch.arange(top.shape[1], device=weight.device) < missing).to(torch.int64)
-        extra = torch.zeros_like(counts).scatter_add_(1, top // depth, granted)
-        if int(extra.max()) < depth:
-            return counts + extra
-        depth *= 2
+    ranked = descending_order(weight / (counts - beta))
+    reach = min(grants, num_items)
+    rank = torch.arange(reach, device=weight.device).repeat_interleave(grants)
+    step = torch.arange(grants, device=weight.device).repeat(reach)
+    if fresh:
+        keep = (rank + 1) * (step + 1) <= grants
+        rank, step = rank[keep], step[keep]
+    expert = ranked[:, rank]
+    priority = weight.gather(1, expert) / (counts.gather(1, expert) + step.to(weight.dtype) - beta)
+    chosen = descending_order(priority)[:, :grants]
+    return counts.scatter_add(1, expert.gather(1, chosen), torch.ones_like(chosen, dtype=counts.dtype))
 
 
-def rule_counts(weight: torch.Tensor, num_slots: int, num_rows: int) -> torch.Tensor:
-    """Counts under every rule of COUNT_RULES.
+def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """The seed's replica counts (step 2), computed exactly without a loop over slots.
 
     Args:
-        weight: [len(COUNT_RULES) * num_rows, n], rule-major.
+        weight: [B, n], rows with positive sums.
     Returns:
-        [len(COUNT_RULES) * num_rows, n] int64.
+        [B, n] int64 counts, each row summing to num_slots.
     """
-    device, dtype = weight.device, weight.dtype
-    betas = [0.0 if rule == "seed" else rule for rule in COUNT_RULES]
     num_extra = num_slots - weight.shape[1]
-    tail = max(1, -(-num_extra // 10)) if num_extra else 0
-    targets = [num_slots - tail if rule == "seed" else num_slots for rule in COUNT_RULES]
-    per_row = lambda values, kind: torch.tensor(values, dtype=kind, device=device).repeat_interleave(num_rows).unsqueeze(-1)
-    counts = divisor_counts(weight, per_row(targets, torch.int64), per_row(betas, dtype))
-    if "seed" not in COUNT_RULES or not tail:
-        return counts
-    # The seed's tail: the last tenth of the extra replicas by weight / (2c - 1),
-    # which ranks like weight / (c - 0.5). Other rules' rows are complete already.
-    return grant_rest(weight, counts, torch.full_like(counts[:, :1], num_slots), torch.full_like(weight[:, :1], 0.5))
+    counts = torch.ones_like(weight)
+    if num_extra > 0:
+        tail = max(1, -(-num_extra // 10))
+        counts = top_replicas(weight, counts, num_extra - tail, 0.0, fresh=True)
+        # weight / (2c - 1) ranks like weight / (c - 0.5).
+        counts = top_replicas(weight, counts, tail, 0.5, fresh=num_extra == tail)
+    return counts.to(torch.int64)
 
 
-def pack_in_rounds(loads: torch.Tensor, num_bins: int, sorted_rounds: int | None = None) -> torch.Tensor:
+def pack_in_rounds(loads: torch.Tensor, num_bins: int, sorted_rounds: int | None = None,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted rounds: each round gives every bin one item, the heaviest to the lightest bin.
 
     After `sorted_rounds` rounds (default all) the bins' order is frozen and the
     remaining, lighter items are dealt in snake order over it: lightest bin first,
-    then the reverse, and so on.
+    then the reverse, and so on. With `labels` (the expert of each replica), a round
+    that starts with replicas of the expert that ended the previous round keeps them
+    off the bins that expert already occupies: the bin that took the last, lightest
+    item of a round is often the lightest one next, and two replicas of one expert
+    on one GPU would act as one.
 
     Args:
-        loads: [B, m] item loads, m a multiple of num_bins.
+        loads: [B, m] item loads, m a multiple of num_bins; labels: [B, m] or None.
     Returns:
         [B, m] int64: the item at each position; bin b holds positions
         b * (m / num_bins) onwards.
@@ -177,12 +139,19 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, sorted_rounds: int | None
     per_bin = num_items // num_bins
     heaviest_first = descending_order(loads)
     ranked = loads.gather(1, heaviest_first).view(rows, per_bin, num_bins)
+    if labels is not None:
+        ranked_labels = labels.gather(1, heaviest_first).view(rows, per_bin, num_bins)
     bins = torch.empty(rows, per_bin, num_bins, dtype=torch.int64, device=loads.device)
     bins[:, 0] = torch.arange(num_bins, device=loads.device)
     bin_load = ranked[:, 0].clone()
     exact = per_bin if sorted_rounds is None else min(per_bin, max(1, sorted_rounds))
     for round_ in range(1, exact):
         order = lightest_first(bin_load)
+        if labels is not None:
+            # The round's first item would join a copy of itself that ended the last round.
+            clash = ((order[:, :1] == bins[:, round_ - 1, -1:])
+                     & (ranked_labels[:, round_, :1] == ranked_labels[:, round_ - 1, -1:]))
+            order[:, :2] = torch.where(clash, order[:, :2].flip(-1), order[:, :2])
         bins[:, round_] = order
         bin_load.scatter_add_(1, order, ranked[:, round_])
     if exact < per_bin:
@@ -245,28 +214,23 @@ def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
 
 
 def spread_placement(weight: torch.Tensor, num_slots: int, num_bins: int, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global policy on each row: replicate under every count rule, pack, keep
-    the rule whose maximum bin load is lowest.
+    """The global policy on each row: replicate, pack, refine.
 
     Args:
-        weight: [B, n] float64.
+        weight: [B, n] float.
     Returns:
         phy2log: [B, num_slots], experts 0..n-1, bin b holding slots
         b * num_slots / num_bins onwards; logcnt: [B, n].
     """
-    rows = weight.shape[0]
-    num_rules = len(COUNT_RULES)
-    usable = torch.where(weight.sum(-1, keepdim=True) > 0, weight, torch.ones_like(weight)).repeat(num_rules, 1)
-    counts = rule_counts(usable, num_slots, rows)
+    usable = torch.where(weight.sum(-1, keepdim=True) > 0, weight, torch.ones_like(weight))
+    counts = replica_counts(usable, num_slots)
     replica_expert = replica_experts(counts, num_slots)
     loads = (usable / counts).gather(1, replica_expert)
-    position_item = pack_in_rounds(loads, num_bins)
-    placed_loads = loads.gather(1, position_item)
-    # The rule is chosen before the refinement, which then works on the winners only.
-    peak = placed_loads.view(-1, num_bins, num_slots // num_bins).sum(-1).max(-1).values
-    best = peak.view(num_rules, rows).argmin(0) * rows + torch.arange(rows, device=weight.device)
-    position_item = refine_by_swaps(placed_loads[best], position_item[best], num_bins, rounds)
-    return replica_expert[best].gather(1, position_item), counts[best]
+    # With two slots per bin the sorted rounds pair optimally; keep that.
+    spread_copies = num_slots > weight.shape[1] and num_slots > 2 * num_bins
+    position_item = pack_in_rounds(loads, num_bins, labels=replica_expert if spread_copies else None)
+    position_item = refine_by_swaps(loads.gather(1, position_item), position_item, num_bins, rounds)
+    return replica_expert.gather(1, position_item), counts
 
 
 def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
@@ -283,7 +247,9 @@ def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
     group_size = num_logical // num_groups
     group_load = weight.view(num_layers, num_groups, group_size).sum(-1)
     position_group = pack_in_rounds(group_load, num_nodes)
-    position_group = refine_by_swaps(group_load.gather(1, position_group), position_group, num_nodes, REFINE_ROUNDS)
+    if num_groups > 2 * num_nodes:  # with two groups per node the rounds pair optimally
+        position_group = refine_by_swaps(group_load.gather(1, position_group), position_group, num_nodes,
+                                         NO_REDUNDANCY_ROUNDS)
     node_load = group_load.gather(1, position_group).view(num_layers, num_nodes, -1).sum(-1)
     local = node_load.max(-1).values <= (1 + locality_tolerance) * node_load.mean(-1)
     by_group = ((position_group * group_size).unsqueeze(-1)
@@ -385,7 +351,7 @@ def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_no
           devices=("cpu", "cuda"))
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, prev_phy2log=None,
                       locality_tolerance=LOCALITY_TOLERANCE, migration_tolerance=MIGRATION_TOLERANCE,
-                      rounds=REFINE_ROUNDS):
+                      rounds=None):
     """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract.
 
     Args:
@@ -396,10 +362,14 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
             placement's maximum GPU load on `weight` is at most this fraction above
             the new one's (0: only when it is no worse), so the knob trades at most
             that much of each layer's balance for fewer moved replicas.
-        rounds: at most this many swap rounds in each packing.
+        rounds: at most this many swap rounds in each packing; by default
+            REFINE_ROUNDS, or NO_REDUNDANCY_ROUNDS when there are no extra slots
+            (single heavy experts then need more swaps to even out).
     """
     num_logical = weight.shape[1]
-    w = weight.detach().to(torch.float64)
+    w = weight.detach().to(torch.float32)
+    if rounds is None:
+        rounds = REFINE_ROUNDS if num_replicas > num_logical else NO_REDUNDANCY_ROUNDS
     phy2log, logcnt = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds)
     if prev_phy2log is not None:
         prev = prev_phy2log.to(device=w.device, dtype=torch.int64)

@@ -23,24 +23,32 @@ def sequential_divisor_counts(weight, num_slots, beta):
 
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("seed", range(4))
-def test_divisor_counts_match_one_at_a_time_allocation(beta, seed):
+def test_replica_priorities_match_one_at_a_time_allocation(beta, seed):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.rand(6, 10, generator=generator, dtype=torch.float64) ** 3 * 100
-    for num_slots in (10, 13, 24, 57):
-        slots = torch.full((6, 1), num_slots)
-        counts = fast_module.divisor_counts(weight, slots, torch.full((6, 1), beta, dtype=torch.float64))
+    for num_slots in (10, 11, 13, 24, 57):
+        counts = fast_module.top_replicas(weight, torch.ones_like(weight), num_slots - 10, beta, fresh=True)
         expected = [sequential_divisor_counts(row.tolist(), num_slots, beta) for row in weight]
         assert counts.tolist() == expected
+        # From uneven counts too: grant 5 more on top of the allocation for num_slots.
+        more = fast_module.top_replicas(weight, counts, 5, beta, fresh=False)
+        assert more.tolist() == [sequential_from(row.tolist(), base, 5, beta) for row, base in zip(weight, expected)]
 
 
-def test_seed_rule_gives_the_seed_replica_counts():
-    generator = torch.Generator().manual_seed(3)
-    weight = torch.rand(8, 16, generator=generator, dtype=torch.float64) * 50 + 1
-    rules = fast_module.COUNT_RULES
-    stacked = weight.repeat(len(rules), 1)
-    counts = fast_module.rule_counts(stacked, 40, 8).view(len(rules), 8, 16)[rules.index("seed")]
-    _, _, seed_counts = hybrid_replication(weight, 40)
-    assert torch.equal(counts, seed_counts)
+def sequential_from(weight, counts, grants, beta):
+    counts = list(counts)
+    for _ in range(grants):
+        best = max(range(len(weight)), key=lambda e: (weight[e] / (counts[e] - beta), -e))
+        counts[best] += 1
+    return counts
+
+
+@pytest.mark.parametrize("num_slots", [16, 17, 40, 100])
+def test_replica_counts_are_the_seeds(num_slots):
+    generator = torch.Generator().manual_seed(num_slots)
+    weight = torch.rand(8, 16, generator=generator, dtype=torch.float64) ** 2 * 50 + 1
+    _, _, seed_counts = hybrid_replication(weight, num_slots)
+    assert torch.equal(fast_module.replica_counts(weight, num_slots), seed_counts)
 
 
 def brute_force_pairing(loads):
