@@ -41,8 +41,9 @@ REFINE_ROUNDS = 2
 NO_REDUNDANCY_ROUNDS = 16
 # Swaps per round: between the i-th heaviest and i-th lightest bin, i < this.
 PAIRS_PER_ROUND = 2
-# Experts of spread layers go to nodes by this many sorted rounds, then in snake order.
-NODE_SORTED_ROUNDS = 16
+# Experts of spread layers are dealt to nodes in sorted rounds, the nodes re-sorted
+# at most this many times.
+NODE_SORTS = 16
 
 
 def descending_order(values: torch.Tensor) -> torch.Tensor:
@@ -51,21 +52,26 @@ def descending_order(values: torch.Tensor) -> torch.Tensor:
     Values are compared as float32. Each is packed with its index into one int64 key
     so that a plain ascending sort of keys gives the order.
     """
-    bits = values.float().clamp(min=0).view(torch.int32).to(torch.int64)
-    index = torch.arange(values.shape[-1], device=values.device, dtype=torch.int64)
-    keys = ((0x7FFFFFFF - bits) << 32) | index
-    if keys.device.type == "cpu":
-        keys = torch.from_numpy(np.sort(keys.numpy(), axis=-1))
-    else:
-        keys = torch.sort(keys, dim=-1).values
-    return keys & 0xFFFFFFFF
+    num_items = values.shape[-1]
+    if values.device.type == "cpu":
+        keys = values.float().numpy().view(np.int32).astype(np.int64)
+        np.subtract(0x7FFFFFFF, keys, out=keys)
+        np.left_shift(keys, 32, out=keys)
+        np.bitwise_or(keys, np.arange(num_items), out=keys)
+        keys.sort(axis=-1)
+        return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+    bits = values.float().view(torch.int32).to(torch.int64)
+    keys = ((0x7FFFFFFF - bits) << 32) | torch.arange(num_items, device=values.device)
+    return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
 
 
 def lightest_first(loads: torch.Tensor) -> torch.Tensor:
     """loads: [B, k] -> [B, k] int64 indices, smallest load first, ties by index."""
-    if loads.device.type == "cuda" or loads.shape[-1] <= 16:
-        return loads.argsort(dim=-1, stable=True)
-    return descending_order(loads.max(-1, keepdim=True).values - loads)
+    if loads.shape[-1] > 32:
+        return descending_order(loads.max(-1, keepdim=True).values - loads)
+    if loads.device.type == "cpu":
+        return torch.from_numpy(np.argsort(loads.numpy(), axis=-1, kind="stable"))
+    return loads.argsort(dim=-1, stable=True)
 
 
 def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: float, fresh: bool) -> torch.Tensor:
@@ -117,17 +123,16 @@ def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
     return counts.to(torch.int64)
 
 
-def pack_in_rounds(loads: torch.Tensor, num_bins: int, sorted_rounds: int | None = None,
+def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
                    labels: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted rounds: each round gives every bin one item, the heaviest to the lightest bin.
 
-    After `sorted_rounds` rounds (default all) the bins' order is frozen and the
-    remaining, lighter items are dealt in snake order over it: lightest bin first,
-    then the reverse, and so on. With `labels` (the expert of each replica), a round
-    that starts with replicas of the expert that ended the previous round keeps them
-    off the bins that expert already occupies: the bin that took the last, lightest
-    item of a round is often the lightest one next, and two replicas of one expert
-    on one GPU would act as one.
+    With `block` > 1 the bins are re-sorted only every `block` rounds and dealt in
+    snake order (lightest first, then the reverse) in between. With `labels` (the
+    expert of each replica), a round that would start by putting a replica on the
+    bin that took a copy of the same expert at the end of the round before puts it
+    on the next bin instead: the bin that took the last, lightest item of a round is
+    often the lightest one next, and two copies of an expert on one GPU act as one.
 
     Args:
         loads: [B, m] item loads, m a multiple of num_bins; labels: [B, m] or None.
@@ -137,72 +142,73 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, sorted_rounds: int | None
     """
     rows, num_items = loads.shape
     per_bin = num_items // num_bins
+    device = loads.device
     heaviest_first = descending_order(loads)
-    ranked = loads.gather(1, heaviest_first).view(rows, per_bin, num_bins)
+    ranked = loads.gather(1, heaviest_first)                   # round r: columns r * num_bins onwards
+    dealt = [torch.arange(num_bins, device=device).expand(rows, -1)]
+    bin_load = ranked[:, :num_bins].clone()
     if labels is not None:
         ranked_labels = labels.gather(1, heaviest_first).view(rows, per_bin, num_bins)
-    bins = torch.empty(rows, per_bin, num_bins, dtype=torch.int64, device=loads.device)
-    bins[:, 0] = torch.arange(num_bins, device=loads.device)
-    bin_load = ranked[:, 0].clone()
-    exact = per_bin if sorted_rounds is None else min(per_bin, max(1, sorted_rounds))
-    for round_ in range(1, exact):
+        follows_copy = (ranked_labels[:, 1:, 0] == ranked_labels[:, :-1, -1]).unsqueeze(-1).unbind(1)
+        first_two_swapped = torch.tensor([1, 0] + list(range(2, num_bins)), device=device)
+    # Bins of a block of rounds, as positions in the sorted order: 0..k-1, k-1..0, ...
+    snake = torch.arange(num_bins, device=device).repeat(block).view(block, num_bins)
+    snake[1::2] = snake[1::2].flip(-1)
+    snake = snake.flatten()
+    for start in range(1, per_bin, block):
         order = lightest_first(bin_load)
-        if labels is not None:
-            # The round's first item would join a copy of itself that ended the last round.
-            clash = ((order[:, :1] == bins[:, round_ - 1, -1:])
-                     & (ranked_labels[:, round_, :1] == ranked_labels[:, round_ - 1, -1:]))
-            order[:, :2] = torch.where(clash, order[:, :2].flip(-1), order[:, :2])
-        bins[:, round_] = order
-        bin_load.scatter_add_(1, order, ranked[:, round_])
-    if exact < per_bin:
-        order = lightest_first(bin_load)
-        bins[:, exact::2] = order.unsqueeze(1)
-        bins[:, exact + 1::2] = order.flip(-1).unsqueeze(1)
-    position = bins * per_bin + torch.arange(per_bin, device=loads.device).view(1, per_bin, 1)
+        stop = min(per_bin, start + block)
+        if block == 1:
+            if labels is not None:
+                clash = follows_copy[start - 1] & (order[:, :1] == dealt[-1][:, -1:])
+                order = torch.where(clash, order.index_select(1, first_two_swapped), order)
+        else:
+            order = order.index_select(1, snake[:(stop - start) * num_bins])
+        dealt.append(order)
+        if stop < per_bin:
+            bin_load.scatter_add_(1, order.view(rows, -1, num_bins).flatten(1) if block > 1 else order,
+                                  ranked[:, start * num_bins:stop * num_bins])
+    bins = torch.cat(dealt, 1).view(rows, per_bin, num_bins)
+    position = bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)
     return torch.empty_like(heaviest_first).scatter_(1, position.view(rows, num_items), heaviest_first)
 
 
-def refine_by_swaps(loads: torch.Tensor, items: torch.Tensor, num_bins: int, rounds: int) -> torch.Tensor:
+def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int) -> torch.Tensor:
     """Pair the i-th heaviest bin with the i-th lightest and, in every pair, make the
     one swap of items that brings the two loads closest; repeat while the heaviest
     pair still improves, at most `rounds` times.
 
     Args:
-        loads: [B, m] load at each position (updated in place); items: [B, m] the
-        item at each position.
+        item_loads: [B, m] load of each item; position_item: [B, m] the item at
+        each position (bin b holds positions b * m / num_bins onwards).
     Returns:
-        [B, m] items after the swaps.
+        [B, m] the item at each position after the swaps.
     """
-    rows, num_items = loads.shape
+    rows, num_items = item_loads.shape
     per_bin = num_items // num_bins
     half = min(num_bins // 2, PAIRS_PER_ROUND)
     if per_bin == 1 or half == 0:
-        return items
-    items = items.clone()
-    offsets = torch.arange(per_bin, device=loads.device)
+        return position_item
+    position_item = position_item.clone()
     for _ in range(rounds):
-        bin_load = loads.view(rows, num_bins, per_bin).sum(-1)
-        order = lightest_first(bin_load)
-        light, heavy = order[:, :half], order[:, num_bins - half:].flip(-1)
-        gap = (bin_load.gather(1, heavy) - bin_load.gather(1, light)).unsqueeze(-1)
-        heavy_pos = (heavy * per_bin).unsqueeze(-1) + offsets
-        light_pos = (light * per_bin).unsqueeze(-1) + offsets
-        heavy_loads = loads.gather(1, heavy_pos.view(rows, -1)).view(rows, half, per_bin, 1)
-        light_loads = loads.gather(1, light_pos.view(rows, -1)).view(rows, half, 1, per_bin)
-        # Moving d = a - b from the heavy to the light bin helps iff 0 < d < gap,
-        # and leaves |gap - 2d| between them; other swaps leave the gap.
-        residual = (gap.unsqueeze(-1) - 2 * (heavy_loads - light_loads)).abs().view(rows, half, -1)
-        best, choice = residual.min(-1)
-        useful = best < gap.squeeze(-1)
+        placed = item_loads.gather(1, position_item).view(rows, num_bins, per_bin)
+        order = lightest_first(placed.sum(-1))
+        by_load = placed.gather(1, order.unsqueeze(-1).expand(-1, -1, per_bin))   # bins, lightest first
+        light, heavy = by_load[:, :half], by_load[:, num_bins - half:].flip(1)
+        half_gap = (heavy.sum(-1) - light.sum(-1)) / 2
+        # Moving d = a - b from the heavy bin to the light one helps iff 0 < d < gap
+        # and leaves |gap - 2d| between them.
+        moved = heavy.unsqueeze(-1) - light.unsqueeze(-2)
+        best, choice = (half_gap.view(rows, half, 1, 1) - moved).abs().view(rows, half, -1).min(-1)
+        useful = best < half_gap
         if not bool(useful[:, 0].any()):
             break
-        src = heavy_pos.gather(2, (choice // per_bin).unsqueeze(-1)).squeeze(-1)
-        dst = light_pos.gather(2, (choice % per_bin).unsqueeze(-1)).squeeze(-1)
-        for values in (loads, items):
-            at_src, at_dst = values.gather(1, src), values.gather(1, dst)
-            values.scatter_(1, src, torch.where(useful, at_dst, at_src))
-            values.scatter_(1, dst, torch.where(useful, at_src, at_dst))
-    return items
+        src = order[:, num_bins - half:].flip(-1) * per_bin + choice // per_bin
+        dst = order[:, :half] * per_bin + choice % per_bin
+        at_src, at_dst = position_item.gather(1, src), position_item.gather(1, dst)
+        position_item.scatter_(1, src, torch.where(useful, at_dst, at_src))
+        position_item.scatter_(1, dst, torch.where(useful, at_src, at_dst))
+    return position_item
 
 
 def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -229,7 +235,7 @@ def spread_placement(weight: torch.Tensor, num_slots: int, num_bins: int, rounds
     # With two slots per bin the sorted rounds pair optimally; keep that.
     spread_copies = num_slots > weight.shape[1] and num_slots > 2 * num_bins
     position_item = pack_in_rounds(loads, num_bins, labels=replica_expert if spread_copies else None)
-    position_item = refine_by_swaps(loads.gather(1, position_item), position_item, num_bins, rounds)
+    position_item = refine_by_swaps(loads, position_item, num_bins, rounds)
     return replica_expert.gather(1, position_item), counts
 
 
@@ -248,8 +254,7 @@ def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
     group_load = weight.view(num_layers, num_groups, group_size).sum(-1)
     position_group = pack_in_rounds(group_load, num_nodes)
     if num_groups > 2 * num_nodes:  # with two groups per node the rounds pair optimally
-        position_group = refine_by_swaps(group_load.gather(1, position_group), position_group, num_nodes,
-                                         NO_REDUNDANCY_ROUNDS)
+        position_group = refine_by_swaps(group_load, position_group, num_nodes, NO_REDUNDANCY_ROUNDS)
     node_load = group_load.gather(1, position_group).view(num_layers, num_nodes, -1).sum(-1)
     local = node_load.max(-1).values <= (1 + locality_tolerance) * node_load.mean(-1)
     by_group = ((position_group * group_size).unsqueeze(-1)
@@ -257,7 +262,7 @@ def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
     if bool(local.all()):
         return by_group, local
     # Spread layers deal their experts out one by one over the nodes.
-    by_expert = pack_in_rounds(weight, num_nodes, sorted_rounds=NODE_SORTED_ROUNDS)
+    by_expert = pack_in_rounds(weight, num_nodes, block=-(-num_logical // (num_nodes * NODE_SORTS)))
     return torch.where(local.unsqueeze(-1), by_group, by_expert), local
 
 
@@ -367,7 +372,7 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
             (single heavy experts then need more swaps to even out).
     """
     num_logical = weight.shape[1]
-    w = weight.detach().to(torch.float32)
+    w = weight.detach().to(torch.float32).clamp(min=0)
     if rounds is None:
         rounds = REFINE_ROUNDS if num_replicas > num_logical else NO_REDUNDANCY_ROUNDS
     phy2log, logcnt = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds)
