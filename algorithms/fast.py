@@ -143,6 +143,8 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
     rows, num_items = loads.shape
     per_bin = num_items // num_bins
     device = loads.device
+    if num_bins < 2:
+        labels = None
     heaviest_first = descending_order(loads)
     ranked = loads.gather(1, heaviest_first)                   # round r: columns r * num_bins onwards
     dealt = [torch.arange(num_bins, device=device).expand(rows, -1)]
