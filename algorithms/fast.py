@@ -36,9 +36,10 @@ import torch
 from eplb_bench import register
 
 LOCALITY_TOLERANCE = 0.05
-MIGRATION_TOLERANCE = 0.0
 REFINE_ROUNDS = 2
 NO_REDUNDANCY_ROUNDS = 16
+REPAIR_ROUNDS = 8
+REPAIR_PAIRS = 4
 # Swaps per round: between the i-th heaviest and i-th lightest bin, i < this.
 PAIRS_PER_ROUND = 2
 # Experts of spread layers are dealt to nodes in sorted rounds, the nodes re-sorted
@@ -175,7 +176,8 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
     return torch.empty_like(heaviest_first).scatter_(1, position.view(rows, num_items), heaviest_first)
 
 
-def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int) -> torch.Tensor:
+def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int,
+                    pairs: int = PAIRS_PER_ROUND) -> torch.Tensor:
     """Pair the i-th heaviest bin with the i-th lightest and, in every pair, make the
     one swap of items that brings the two loads closest; repeat while the heaviest
     pair still improves, at most `rounds` times.
@@ -188,7 +190,7 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
     """
     rows, num_items = item_loads.shape
     per_bin = num_items // num_bins
-    half = min(num_bins // 2, PAIRS_PER_ROUND)
+    half = min(num_bins // 2, pairs)
     if per_bin == 1 or half == 0:
         return position_item
     position_item = position_item.clone()
@@ -306,6 +308,100 @@ def occurrence(values: torch.Tensor) -> torch.Tensor:
     return (same & earlier).sum(-1)
 
 
+def match_bins(overlap: torch.Tensor, rounds: int = 2) -> torch.Tensor:
+    """Pair new bins with old bins so that paired bins share much (a greedy matching).
+
+    In each round every unpaired new bin proposes to the free old bin it shares most
+    with, and every old bin accepts its best proposal (ties to the lower new bin);
+    after `rounds` rounds the rest pair up in index order.
+
+    Args:
+        overlap: [B, K, K] float, overlap[b, new, old] >= 0, in multiples of 1/2.
+    Returns:
+        [B, K] int64: the old bin paired with each new bin (a permutation per row).
+    """
+    rows, size, _ = overlap.shape
+    device = overlap.device
+    new_ids = torch.arange(size, device=device)
+    paired = torch.full((rows, size), -1, dtype=torch.int64, device=device)
+    taken = torch.zeros(rows, size, dtype=torch.bool, device=device)
+    for _ in range(rounds):
+        open_new = paired < 0
+        score = overlap.masked_fill(taken.unsqueeze(1) | ~open_new.unsqueeze(2), -1.0)
+        value, choice = score.max(-1)
+        bid = torch.where(open_new & (value >= 0), (2 * value).round() * size + (size - 1 - new_ids),
+                          torch.full_like(value, -1.0))
+        best_bid = torch.full_like(bid, -1.0).scatter_reduce(1, choice, bid, "amax")
+        won = (bid >= 0) & (best_bid.gather(1, choice) == bid)
+        paired = torch.where(won, choice, paired)
+        taken = taken | torch.zeros_like(paired).scatter_reduce(1, choice, won.to(torch.int64), "amax").bool()
+    left_new = paired < 0
+    free_old = descending_order((~taken).to(torch.float32))          # free old bins first, in order
+    rank = (left_new.cumsum(-1) - 1).clamp(min=0)
+    return torch.where(left_new, free_old.gather(1, rank), paired)
+
+
+def follow_previous_labels(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logical: int, num_nodes: int,
+                           num_gpus: int) -> torch.Tensor:
+    """Renumber the nodes, then the GPUs inside each node, so that each holds as many
+    of the experts it held before as possible. Loads and locality are unchanged:
+    nodes are interchangeable, and so are the GPUs of a node.
+
+    Args:
+        phy2log, prev_phy2log: [L, R].
+    Returns:
+        [L, R]: phy2log with whole nodes and GPUs moved to new numbers.
+    """
+    num_layers, num_replicas = phy2log.shape
+    gpus_per_node = num_gpus // num_nodes
+    if num_nodes > 1:
+        overlap = shared_replicas(phy2log, prev_phy2log, num_logical, num_nodes)
+        phy2log = move_blocks(phy2log, match_bins(overlap.view(num_layers, num_nodes, num_nodes)), num_nodes)
+    if gpus_per_node > 1:
+        overlap = shared_replicas(phy2log, prev_phy2log, num_logical, num_gpus, within=num_nodes)
+        pairing = match_bins(overlap.view(num_layers * num_nodes, gpus_per_node, gpus_per_node))
+        phy2log = move_blocks(phy2log.reshape(num_layers * num_nodes, -1), pairing, gpus_per_node)
+    return phy2log.reshape(num_layers, num_replicas)
+
+
+def shared_replicas(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logical: int, num_bins: int,
+                    within: int = 1) -> torch.Tensor:
+    """How many replicas of each new bin sit in each old bin, compared only within
+    the same block of num_bins / within bins (nodes, when bins are GPUs).
+
+    An expert counts as sitting in the first and the last old bin that held it
+    (exact for up to two copies), and each bin gets half a replica of credit for
+    keeping its number, so that an unchanged placement keeps all its numbers.
+
+    Args:
+        phy2log, prev_phy2log: [L, R].
+    Returns:
+        [L * within, k * k] float, k = num_bins / within: entry new * k + old.
+    """
+    num_layers, num_replicas = phy2log.shape
+    device = phy2log.device
+    per_bin, per_block = num_replicas // num_bins, num_bins // within
+    bin_of_slot = (torch.arange(num_replicas, device=device) // per_bin).expand(num_layers, -1)
+    overlap = torch.zeros(num_layers, within * per_block ** 2, device=device)
+    first = torch.full((num_layers, num_logical), num_bins, dtype=torch.int64, device=device)
+    first = first.scatter_reduce(1, prev_phy2log, bin_of_slot, "amin").gather(1, phy2log)
+    last = torch.zeros_like(first).scatter_reduce(1, prev_phy2log, bin_of_slot, "amax").gather(1, phy2log)
+    block, local = bin_of_slot // per_block, bin_of_slot % per_block
+    for held, weight in ((first, 1.0), (last, (last != first).float())):
+        cell = block * per_block ** 2 + local * per_block + held % per_block
+        overlap.scatter_add_(1, cell, (held // per_block == block) * weight)
+    overlap = overlap.view(num_layers * within, per_block, per_block)
+    return (overlap + 0.5 * torch.eye(per_block, device=device)).view(num_layers * within, -1)
+
+
+def move_blocks(values: torch.Tensor, destination: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """values: [B, m] as num_blocks equal blocks; block i moves to block destination[:, i]."""
+    rows, width = values.shape
+    blocks = values.view(rows, num_blocks, width // num_blocks)
+    target = destination.unsqueeze(-1).expand_as(blocks)
+    return torch.empty_like(blocks).scatter_(1, target, blocks).view(rows, width)
+
+
 def keep_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int) -> torch.Tensor:
     """Reorder the slots inside each GPU so that a replica of an expert the GPU held
     before takes that expert's previous slot (vLLM's preserve_intragpu_slots).
@@ -331,6 +427,70 @@ def keep_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int)
     return torch.empty_like(new).scatter_(1, target, new).view(num_layers, num_replicas)
 
 
+def copy_rank(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
+    """[L, R]: how many slots before each slot hold the same expert."""
+    num_layers, num_replicas = phy2log.shape
+    slots = torch.arange(num_replicas, device=phy2log.device)
+    by_expert = descending_order((logcnt.shape[1] * num_replicas - phy2log * num_replicas - slots).float())
+    rank = slots - (logcnt.cumsum(-1) - logcnt).gather(1, phy2log.gather(1, by_expert))
+    return torch.empty_like(rank).scatter_(1, by_expert, rank)
+
+
+def repair_previous(weight: torch.Tensor, prev_phy2log: torch.Tensor, logcnt: torch.Tensor, num_gpus: int,
+                    rounds: int) -> torch.Tensor:
+    """The previous placement changed as little as possible to serve `weight`.
+
+    Each expert keeps up to its new count of its old slots; the freed slots take the
+    missing replicas, the heaviest on the GPU that kept least load; then swap rounds
+    on the new loads.
+
+    Args:
+        weight: [L, E]; prev_phy2log: [L, R]; logcnt: [L, E], the new counts.
+    Returns:
+        [L, R] phy2log with the counts logcnt.
+    """
+    num_layers, num_replicas = prev_phy2log.shape
+    num_logical = weight.shape[1]
+    prev_cnt = counts_of(prev_phy2log, num_logical)
+    keep = copy_rank(prev_phy2log, prev_cnt) < logcnt.gather(1, prev_phy2log)
+    missing = replica_experts((logcnt - prev_cnt).clamp(min=0), num_replicas).clamp(max=num_logical - 1)
+    per_replica = weight / logcnt
+    kept_load = (per_replica.gather(1, prev_phy2log) * keep).view(num_layers, num_gpus, -1).sum(-1)
+    slot_gpu = torch.arange(num_replicas, device=weight.device) // (num_replicas // num_gpus)
+    # Freed slots first, those of lightly loaded GPUs first; missing replicas heaviest first.
+    slot_key = kept_load[:, slot_gpu] + keep * (2 * kept_load.sum(-1, keepdim=True) + 1)
+    freed = descending_order(slot_key.max(-1, keepdim=True).values - slot_key)
+    num_freed = (~keep).sum(-1, keepdim=True)
+    first = torch.arange(num_replicas, device=weight.device) < num_freed
+    missing_load = torch.where(first, per_replica.gather(1, missing), -1.0)
+    missing = missing.gather(1, descending_order(missing_load.clamp(min=0) + first))
+    filled = torch.where(first, missing, prev_phy2log.gather(1, freed))
+    repaired = prev_phy2log.scatter(1, freed, filled)
+    order = refine_by_swaps(per_replica.gather(1, repaired), torch.arange(num_replicas, device=weight.device)
+                            .expand(num_layers, -1).contiguous(), num_gpus, rounds, pairs=REPAIR_PAIRS)
+    return repaired.gather(1, order)
+
+
+def repair_in_nodes(weight: torch.Tensor, prev_phy2log: torch.Tensor, fresh: torch.Tensor, num_nodes: int,
+                    num_gpus: int, rounds: int) -> torch.Tensor:
+    """repair_previous inside every node, towards the experts and counts that the
+    new placement `fresh` gives the node, so that the layer's policy holds.
+
+    Args:
+        weight: [L, E]; prev_phy2log, fresh: [L, R], fresh already renumbered to
+        follow prev_phy2log.
+    Returns:
+        [L, R] phy2log with fresh's counts on every node.
+    """
+    num_layers, num_replicas = fresh.shape
+    rows = num_layers * num_nodes
+    node_fresh = fresh.reshape(rows, num_replicas // num_nodes)
+    node_counts = counts_of(node_fresh, weight.shape[1])
+    node_weight = weight.repeat_interleave(num_nodes, dim=0)
+    repaired = repair_previous(node_weight, prev_phy2log.reshape(rows, -1), node_counts, num_gpus // num_nodes, rounds)
+    return repaired.reshape(num_layers, num_replicas)
+
+
 def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
     """log2phy: [L, E, logcnt.max()], each expert's slots in increasing order, -1 padded."""
     num_layers, num_replicas = phy2log.shape
@@ -346,29 +506,77 @@ def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tenso
 
 
 def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-                locality_tolerance: float, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """phy2log [L, R] and logcnt [L, E] of the new placement, without regard to the old."""
+                locality_tolerance: float, rounds: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The new placement, without regard to the old one.
+
+    Returns:
+        phy2log: [L, R]; logcnt: [L, E]; local: [L] bool, True where whole groups
+        stay on nodes.
+    """
     if num_nodes > 1 and num_groups % num_nodes == 0:
-        nodemajor_to_log, _ = experts_to_nodes(weight, num_groups, num_nodes, locality_tolerance)
-        return node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, rounds)
-    return spread_placement(weight, num_replicas, num_gpus, rounds)
+        nodemajor_to_log, local = experts_to_nodes(weight, num_groups, num_nodes, locality_tolerance)
+        return (*node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, rounds), local)
+    phy2log, logcnt = spread_placement(weight, num_replicas, num_gpus, rounds)
+    return phy2log, logcnt, torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+
+
+def fewer_moves(weight: torch.Tensor, prev_phy2log: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor,
+                local: torch.Tensor, num_nodes: int, num_gpus: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer, the placement with the fewest moves whose peak GPU load is within
+    `tolerance` of the new placement's: the previous placement itself, else the
+    previous one repaired (inside nodes where groups stay on nodes), else the new one.
+
+    Args:
+        weight: [L, E]; prev_phy2log, phy2log: [L, R], phy2log already renumbered
+        to follow the previous placement; logcnt: [L, E]; local: [L].
+    Returns:
+        phy2log: [L, R]; logcnt: [L, E].
+    """
+    num_logical = weight.shape[1]
+    bound = (1 + tolerance) * peak_gpu_load(weight, phy2log, logcnt, num_gpus)
+    repaired = repair_in_nodes(weight, prev_phy2log, phy2log, 1, num_gpus, REPAIR_ROUNDS)
+    if bool(local.any()):
+        in_nodes = repair_in_nodes(weight, prev_phy2log, phy2log, num_nodes, num_gpus, REPAIR_ROUNDS)
+        repaired = torch.where(local.unsqueeze(-1), in_nodes, repaired)
+    phy2log = keep_slots(phy2log, prev_phy2log, num_gpus)
+    better = ((peak_gpu_load(weight, repaired, logcnt, num_gpus) <= bound)
+              & ((repaired != prev_phy2log).sum(-1) < (phy2log != prev_phy2log).sum(-1)))
+    phy2log = torch.where(better.unsqueeze(-1), repaired, phy2log)
+    prev_cnt = counts_of(prev_phy2log, num_logical)
+    keep = (prev_cnt > 0).all(-1) & (peak_gpu_load(weight, prev_phy2log, prev_cnt, num_gpus) <= bound)
+    if bool(local.any()):
+        keep &= ~local | same_groups_on_nodes(prev_phy2log, phy2log, num_logical, num_nodes)
+    return (torch.where(keep.unsqueeze(-1), prev_phy2log, phy2log),
+            torch.where(keep.unsqueeze(-1), prev_cnt, logcnt))
+
+
+def same_groups_on_nodes(prev_phy2log: torch.Tensor, phy2log: torch.Tensor, num_logical: int,
+                         num_nodes: int) -> torch.Tensor:
+    """[L] bool: every node holds the same experts in both placements."""
+    num_layers = phy2log.shape[0]
+    held = torch.zeros(2, num_layers, num_nodes, num_logical, dtype=torch.bool, device=phy2log.device)
+    for index, placement in enumerate((prev_phy2log, phy2log)):
+        held[index].scatter_(2, placement.view(num_layers, num_nodes, -1), True)
+    return (held[0] == held[1]).flatten(1).all(-1)
 
 
 @register("fast", description="all layers at once in array code, CPU and CUDA; per-layer policy; migration-aware",
           devices=("cpu", "cuda"))
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, prev_phy2log=None,
-                      locality_tolerance=LOCALITY_TOLERANCE, migration_tolerance=MIGRATION_TOLERANCE,
-                      rounds=None):
+                      locality_tolerance=LOCALITY_TOLERANCE, migration_tolerance=None, rounds=None):
     """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract.
 
     Args:
         prev_phy2log: [num_layers, num_replicas], the placement in service, or None.
+            Nodes and GPUs of the new placement are renumbered to keep as many
+            experts where they were as possible, and replicas that stay on a GPU
+            keep their slots.
         locality_tolerance: a layer keeps whole groups on nodes while its heaviest
             node is at most this fraction above the mean node load.
-        migration_tolerance: a layer keeps its previous placement while that
-            placement's maximum GPU load on `weight` is at most this fraction above
-            the new one's (0: only when it is no worse), so the knob trades at most
-            that much of each layer's balance for fewer moved replicas.
+        migration_tolerance: None (default), or a fraction: then a layer keeps its
+            previous placement, else takes the previous one repaired, when its peak
+            GPU load is at most this fraction above the new placement's. Each
+            layer's balance drops by at most that much; moves drop a lot.
         rounds: at most this many swap rounds in each packing; by default
             REFINE_ROUNDS, or NO_REDUNDANCY_ROUNDS when there are no extra slots
             (single heavy experts then need more swaps to even out).
@@ -377,12 +585,14 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     w = weight.detach().to(torch.float32).clamp(min=0)
     if rounds is None:
         rounds = REFINE_ROUNDS if num_replicas > num_logical else NO_REDUNDANCY_ROUNDS
-    phy2log, logcnt = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds)
+    phy2log, logcnt, local = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds)
     if prev_phy2log is not None:
         prev = prev_phy2log.to(device=w.device, dtype=torch.int64)
-        prev_cnt = counts_of(prev, num_logical)
-        stay = (prev_cnt > 0).all(-1) & (peak_gpu_load(w, prev, prev_cnt, num_gpus)
-                                         <= (1 + migration_tolerance) * peak_gpu_load(w, phy2log, logcnt, num_gpus))
-        phy2log = torch.where(stay.unsqueeze(-1), prev, keep_slots(phy2log, prev, num_gpus))
-        logcnt = torch.where(stay.unsqueeze(-1), prev_cnt, logcnt)
+        if prev.shape != phy2log.shape or bool(((prev < 0) | (prev >= num_logical)).any()):
+            raise ValueError(f"prev_phy2log must be [{phy2log.shape[0]}, {num_replicas}] expert indices in "
+                             f"[0, {num_logical}), got shape {tuple(prev.shape)}")
+        phy2log = follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus)
+        if migration_tolerance is not None:
+            phy2log, logcnt = fewer_moves(w, prev, phy2log, logcnt, local, num_nodes, num_gpus, migration_tolerance)
+        phy2log = keep_slots(phy2log, prev, num_gpus)
     return phy2log, slots_of_experts(phy2log, logcnt), logcnt
