@@ -1,31 +1,29 @@
 """fast: every layer in one pass of array code, on the device of its input.
 
-Pipeline (no Python loop over layers or experts; loops run over slots per GPU or
-refinement rounds only):
+Pipeline (no Python loop over layers or experts; loops run over packing rounds and
+swap rounds only):
 
-1. Policy, per layer. Whole expert groups are packed onto nodes (as DeepSeek's
-   hierarchical policy does). A layer keeps that grouping when the heaviest node
-   carries at most `locality_tolerance` more than the mean node load; otherwise
-   its experts are spread over all GPUs (the global policy). Keeping groups on a
-   node keeps a token's dispatch to the few nodes of the groups it routes to;
-   spreading buys balance with inter-node traffic (see `internode_share`).
-2. Replica counts, per row, under three divisor rules, each computed exactly:
-   `beta` rules give the next replica of an expert holding c replicas the priority
-   weight / (c - beta) (beta = 0 is D'Hondt, DeepSeek's rule; beta = 0.5 favours
-   experts with a single replica), and the seed's hybrid rule (D'Hondt for 90% of
-   the extra replicas, weight / (2c - 1) for the rest).
-3. Packing of each rule's replicas: sorted rounds (every round gives each GPU one
-   replica, the heaviest of the round to the lightest GPU), then rounds of swaps
-   between the i-th heaviest and the i-th lightest GPU, each swap the one that
-   best evens the pair out.
-4. Per row, the rule whose packing has the lowest maximum GPU load wins.
-5. With `prev_phy2log`, a layer whose previous placement is within
-   `migration_tolerance` of the new one's maximum GPU load on this window keeps the
-   previous placement; elsewhere replicas that stay on a GPU keep their slots.
+1. Policy, per layer, where the scenario allows DeepSeek's hierarchical policy.
+   Whole expert groups are packed onto nodes. A layer keeps that grouping when its
+   heaviest node carries at most `locality_tolerance` more than the mean node
+   load; otherwise its experts are dealt out one by one over the nodes. Keeping
+   groups whole keeps a token's dispatch to the few nodes of its groups (see
+   `internode_share`); spreading buys balance where one group dominates. Either
+   way each node's experts then share the node's slots.
+2. Replica counts: the seed's rule (D'Hondt for 90% of the extra replicas,
+   weight / (2c - 1) for the rest), computed exactly from a few ranked candidates.
+3. Packing: sorted rounds (every round gives each GPU one replica, the heaviest of
+   the round to the lightest GPU, never next to a copy of itself), then rounds of
+   swaps between the i-th heaviest and the i-th lightest GPU, each the swap that
+   evens the pair out best.
+4. With `prev_phy2log`: nodes and GPUs are renumbered to follow the previous
+   placement and replicas that stay on a GPU keep their slots; with
+   `migration_tolerance`, a layer keeps or repairs its previous placement when
+   that costs at most that fraction of its peak GPU load.
 
-On the CPU the two sorts go through NumPy's vectorized sort of packed integer keys
-(torch's CPU sort is several times slower on these sizes); on CUDA through
-torch.sort of the same keys, so both devices make the same choices.
+On the CPU the sorts go through NumPy (a sort of packed integer keys for long rows,
+argsort for short ones), several times faster than torch's CPU sort at these
+sizes; on CUDA through torch.sort of the same keys.
 """
 
 from __future__ import annotations
@@ -381,15 +379,19 @@ def shared_replicas(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logic
     num_layers, num_replicas = phy2log.shape
     device = phy2log.device
     per_bin, per_block = num_replicas // num_bins, num_bins // within
-    bin_of_slot = (torch.arange(num_replicas, device=device) // per_bin).expand(num_layers, -1)
-    overlap = torch.zeros(num_layers, within * per_block ** 2, device=device)
+    # Integer division of big tensors is slow: divide the small index tables instead.
+    bins = torch.arange(num_bins, device=device)
+    block_of_bin, local_of_bin = bins // per_block, bins % per_block
+    bin_of_slot = torch.arange(num_replicas, device=device) // per_bin
+    slot_cell = block_of_bin[bin_of_slot] * per_block ** 2 + local_of_bin[bin_of_slot] * per_block
+    slot_block = block_of_bin[bin_of_slot]
+    slot_bins = bin_of_slot.expand(num_layers, -1)
     first = torch.full((num_layers, num_logical), num_bins, dtype=torch.int64, device=device)
-    first = first.scatter_reduce(1, prev_phy2log, bin_of_slot, "amin").gather(1, phy2log)
-    last = torch.zeros_like(first).scatter_reduce(1, prev_phy2log, bin_of_slot, "amax").gather(1, phy2log)
-    block, local = bin_of_slot // per_block, bin_of_slot % per_block
-    for held, weight in ((first, 1.0), (last, (last != first).float())):
-        cell = block * per_block ** 2 + local * per_block + held % per_block
-        overlap.scatter_add_(1, cell, (held // per_block == block) * weight)
+    first = first.scatter_reduce(1, prev_phy2log, slot_bins, "amin").gather(1, phy2log)
+    last = torch.zeros_like(first).scatter_reduce(1, prev_phy2log, slot_bins, "amax").gather(1, phy2log)
+    overlap = torch.zeros(num_layers, within * per_block ** 2, device=device)
+    overlap.scatter_add_(1, slot_cell + local_of_bin[first], (block_of_bin[first] == slot_block).float())
+    overlap.scatter_add_(1, slot_cell + local_of_bin[last], ((block_of_bin[last] == slot_block) & (last != first)).float())
     overlap = overlap.view(num_layers * within, per_block, per_block)
     return (overlap + 0.5 * torch.eye(per_block, device=device)).view(num_layers * within, -1)
 

@@ -265,3 +265,28 @@ def test_repeats_get_the_previous_placement_renumbered_with_the_experts():
     first, rotated = calls[3], calls[4]  # window 1: the call that is scored, then its repeat
     assert torch.equal(rotated[0], first[0].roll(1, dims=-1))
     assert torch.equal(rotated[1], (first[1] + 1) % 8)
+
+
+def test_records_say_where_a_balancer_computes():
+    from eplb_bench.registry import algorithm_info
+    from eplb_bench.runner import computed_on
+
+    dataset = small_dataset()
+    on_cuda = lambda name: computed_on(Job(algorithm_info(name), dataset, SCENARIO, device="cuda"))
+    assert on_cuda("fast") == "cuda"
+    for name in ("deepseek", "seed", "refined_packing", "hybrid_replication"):
+        assert on_cuda(name) == "cpu (input moved from cuda and back)"
+    assert computed_on(Job(algorithm_info("deepseek"), dataset, SCENARIO)) == "cpu"
+
+
+def test_every_balancer_runs_on_cuda_input():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from eplb_bench import list_algorithms
+    from eplb_bench.registry import algorithm_info
+
+    dataset = small_dataset()
+    for name in list_algorithms(include_slow=False):
+        record = run_job(Job(algorithm_info(name), dataset, SCENARIO, device="cuda"))
+        assert record["status"] == "ok", (name, record["error"])
+        assert record["device"] == "cuda"
