@@ -15,6 +15,10 @@ with the shapes of DeepSeek's EPLB, vLLM and SGLang:
 
 Slot `p` lives on GPU `p // (num_replicas // num_gpus)`, GPU `g` on node
 `g // (num_gpus // num_nodes)`.
+
+Optional keyword `prev_phy2log`: [num_layers, num_replicas] int64, the placement in
+service (None for the first plan). The runner passes it to balancers whose signature
+names it (PREVIOUS_PLACEMENT_KEYWORD).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+
+
+PREVIOUS_PLACEMENT_KEYWORD = "prev_phy2log"
 
 
 class PlacementError(ValueError):

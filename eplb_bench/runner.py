@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 
 from . import __version__
-from .contract import PlacementError, Scenario, as_placement, validate_placement
+from .contract import PREVIOUS_PLACEMENT_KEYWORD, PlacementError, Scenario, as_placement, validate_placement
 from .datasets import Dataset, Predictor, predicted_windows
 from .registry import AlgorithmInfo
 from .scoring import all_scores
@@ -64,7 +64,7 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, pr
     `prev_phy2log` is passed as a keyword when given. Timing synchronizes CUDA
     before and after the call. Raises BalancerFailure('error') when the balancer raises.
     """
-    extra = {} if prev_phy2log is None else {"prev_phy2log": prev_phy2log}
+    extra = {} if prev_phy2log is None else {PREVIOUS_PLACEMENT_KEYWORD: prev_phy2log}
     _synchronize(weight.device)
     start = time.perf_counter()
     try:
@@ -174,7 +174,7 @@ def base_record(job: Job, repeat: int) -> dict:
 
 
 def passes_previous(job: Job) -> bool:
-    return job.migration and "prev_phy2log" in job.algorithm.accepts
+    return job.migration and PREVIOUS_PLACEMENT_KEYWORD in job.algorithm.accepts
 
 
 def computed_on(job: Job) -> str:
