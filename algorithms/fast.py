@@ -13,7 +13,8 @@ swap rounds only):
 2. Replica counts: the seed's rule (D'Hondt for 90% of the extra replicas,
    weight / (2c - 1) for the rest), computed exactly from a few ranked candidates.
 3. Packing: sorted rounds (every round gives each GPU one replica, the heaviest of
-   the round to the lightest GPU, never next to a copy of itself), then rounds of
+   the round to the lightest GPU; a round's first replica does not join the copy of
+   its own expert that ended the round before), then rounds of
    swaps between the i-th heaviest and the i-th lightest GPU, each the swap that
    evens the pair out best.
 4. With `prev_phy2log`: nodes and GPUs are renumbered to follow the previous
@@ -369,7 +370,7 @@ def shared_replicas(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logic
 
     An expert counts as sitting in the first and the last old bin that held it
     (exact for up to two copies), and each bin gets half a replica of credit for
-    keeping its number, so that an unchanged placement keeps all its numbers.
+    keeping its number.
 
     Args:
         phy2log, prev_phy2log: [L, R].
@@ -381,14 +382,16 @@ def shared_replicas(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logic
     per_bin, per_block = num_replicas // num_bins, num_bins // within
     # Integer division of big tensors is slow: divide the small index tables instead.
     bins = torch.arange(num_bins, device=device)
-    block_of_bin, local_of_bin = bins // per_block, bins % per_block
-    bin_of_slot = torch.arange(num_replicas, device=device) // per_bin
+    # One more entry, at index num_bins (= -1), for experts the old placement lacks.
+    block_of_bin = torch.cat([bins // per_block, bins.new_full((1,), -1)])
+    local_of_bin = torch.cat([bins % per_block, bins.new_zeros(1)])
+    bin_of_slot = bins.repeat_interleave(per_bin)
     slot_cell = block_of_bin[bin_of_slot] * per_block ** 2 + local_of_bin[bin_of_slot] * per_block
     slot_block = block_of_bin[bin_of_slot]
     slot_bins = bin_of_slot.expand(num_layers, -1)
-    first = torch.full((num_layers, num_logical), num_bins, dtype=torch.int64, device=device)
-    first = first.scatter_reduce(1, prev_phy2log, slot_bins, "amin").gather(1, phy2log)
-    last = torch.zeros_like(first).scatter_reduce(1, prev_phy2log, slot_bins, "amax").gather(1, phy2log)
+    unheld = torch.full((num_layers, num_logical), num_bins, dtype=torch.int64, device=device)
+    first = unheld.scatter_reduce(1, prev_phy2log, slot_bins, "amin").gather(1, phy2log)
+    last = (unheld - num_bins - 1).scatter_reduce(1, prev_phy2log, slot_bins, "amax").gather(1, phy2log)
     overlap = torch.zeros(num_layers, within * per_block ** 2, device=device)
     overlap.scatter_add_(1, slot_cell + local_of_bin[first], (block_of_bin[first] == slot_block).float())
     overlap.scatter_add_(1, slot_cell + local_of_bin[last], ((block_of_bin[last] == slot_block) & (last != first)).float())
@@ -456,7 +459,8 @@ def repair_previous(weight: torch.Tensor, prev_phy2log: torch.Tensor, logcnt: to
     prev_cnt = counts_of(prev_phy2log, num_logical)
     keep = copy_rank(prev_phy2log, prev_cnt) < logcnt.gather(1, prev_phy2log)
     missing = replica_experts((logcnt - prev_cnt).clamp(min=0), num_replicas).clamp(max=num_logical - 1)
-    per_replica = weight / logcnt
+    # Experts the node no longer holds have count 0; they are never placed.
+    per_replica = weight / logcnt.clamp(min=1)
     kept_load = (per_replica.gather(1, prev_phy2log) * keep).view(num_layers, num_gpus, -1).sum(-1)
     slot_gpu = torch.arange(num_replicas, device=weight.device) // (num_replicas // num_gpus)
     # Freed slots first, those of lightly loaded GPUs first; missing replicas heaviest first.
@@ -584,16 +588,19 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
             (single heavy experts then need more swaps to even out).
     """
     num_logical = weight.shape[1]
-    w = weight.detach().to(torch.float32).clamp(min=0)
+    w = weight.detach().to(torch.float32).clamp(min=0) + 0.0  # + 0.0 turns -0.0 into 0.0
     if rounds is None:
         rounds = REFINE_ROUNDS if num_replicas > num_logical else NO_REDUNDANCY_ROUNDS
     phy2log, logcnt, local = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds)
     if prev_phy2log is not None:
-        prev = prev_phy2log.to(device=w.device, dtype=torch.int64)
-        if prev.shape != phy2log.shape or bool(((prev < 0) | (prev >= num_logical)).any()):
-            raise ValueError(f"prev_phy2log must be [{phy2log.shape[0]}, {num_replicas}] expert indices in "
-                             f"[0, {num_logical}), got shape {tuple(prev.shape)}")
-        phy2log = follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus)
+        prev = torch.as_tensor(prev_phy2log, device=w.device)
+        if (prev.is_floating_point() or prev.is_complex() or prev.shape != phy2log.shape
+                or bool(((prev < 0) | (prev >= num_logical)).any())):
+            raise ValueError(f"prev_phy2log must be [{phy2log.shape[0]}, {num_replicas}] integer expert indices in "
+                             f"[0, {num_logical}); got {prev.dtype} of shape {tuple(prev.shape)}")
+        prev = prev.to(torch.int64).contiguous()
+        unchanged = (phy2log == prev).all(-1, keepdim=True)
+        phy2log = torch.where(unchanged, prev, follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus))
         if migration_tolerance is not None:
             phy2log, logcnt = fewer_moves(w, prev, phy2log, logcnt, local, num_nodes, num_gpus, migration_tolerance)
         phy2log = keep_slots(phy2log, prev, num_gpus)

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--reference", default="fast", help="the balancer the ratios divide by (default fast)")
     speed.add_argument("--calls", type=int, default=7, help="timed calls per balancer and scenario (default 7)")
     speed.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    speed.add_argument("--previous", action="store_true",
+                       help="hand balancers that accept prev_phy2log their previous placement, as run does")
     data = commands.add_parser("datasets", help="list, show, verify and import datasets")
     data_commands = data.add_subparsers(dest="datasets_command", parser_class=Parser)
     data_commands.add_parser("list", help="every shipped dataset (the default)")
@@ -205,9 +207,10 @@ def command_bench_speed(args) -> int:
     rows = []
     for dataset in datasets:
         for scenario in scenarios_for(dataset, None):
-            rows.append(time_scenario(algorithms, dataset, scenario, device, args.calls))
+            rows.append(time_scenario(algorithms, dataset, scenario, device, args.calls, args.previous))
             print(f"  {dataset.name} {scenario.name or scenario.label()}: done", file=sys.stderr, flush=True)
-    print(f"median ms of {args.calls} calls on {device}; ratios = balancer / {args.reference}")
+    handed = "; previous placement handed over" if args.previous else ""
+    print(f"median ms of {args.calls} calls on {device}{handed}; ratios = balancer / {args.reference}")
     print(format_speed(rows, names, args.reference))
     return 0
 

@@ -33,7 +33,8 @@ class AlgorithmInfo:
     """A registered balancer and what the harness should know about it.
 
     `devices` lists the devices the balancer computes on natively (information for
-    reports: a balancer gets its input on the run's device and moves it itself).
+    reports: a balancer gets its input on the run's device and moves it itself);
+    empty when not declared, as for a program loaded from a file.
     `slow` balancers run only when named explicitly.
     """
 
@@ -187,6 +188,7 @@ def file_algorithm_info(path: str | Path) -> AlgorithmInfo:
         name=Path(path).stem,
         function=function,
         description=f"loaded from {path}",
+        devices=(),
         source=str(path),
         accepts=_keyword_names(function),
     )

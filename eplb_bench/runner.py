@@ -181,6 +181,8 @@ def computed_on(job: Job) -> str:
     """Where the balancer computes: the run's device, or the CPU for balancers that
     move a CUDA input there and back (their time includes both copies)."""
     kind = torch.device(job.device).type
+    if not job.algorithm.devices:
+        return f"{job.device} input (where it computes is not declared)"
     return job.device if kind in job.algorithm.devices else f"cpu (input moved from {job.device} and back)"
 
 

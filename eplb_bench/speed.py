@@ -1,8 +1,10 @@
 """Speed benchmark: median runtimes of balancers on the same inputs, in one process.
 
-Every balancer gets the same windows of each dataset's default scenarios, after an
-untimed warm-up; calls alternate between balancers so that a slow phase of a
-shared machine hits them alike. Ratios are reference median / balancer median.
+Every balancer gets the same windows of each dataset's default scenarios (as the
+runner hands them over), after an untimed warm-up; calls alternate between balancers
+so that a slow phase of a shared machine hits them alike. With `previous`, balancers
+that accept `prev_phy2log` get their own placement of the window before, as in a
+run. Ratios are balancer median / reference median.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .contract import PREVIOUS_PLACEMENT_KEYWORD
 from .datasets import Dataset
 from .registry import AlgorithmInfo
 from .runner import BalancerFailure, checked_placement, one_line, timed_call
@@ -27,22 +30,25 @@ class SpeedRow:
     errors: dict[str, str]
 
 
-def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, device: str, calls: int) -> SpeedRow:
+def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, device: str, calls: int,
+                  previous: bool = False) -> SpeedRow:
     """Median wall time of each balancer over `calls` calls, windows taken in turn.
 
     A balancer that raises or returns an invalid placement gets no time and an error.
     """
-    windows = dataset.windows.to(device=device, dtype=torch.float32)
+    windows = dataset.windows.to(device)
     seconds: dict[str, list[float]] = {info.name: [] for info in algorithms}
+    placed: dict[str, torch.Tensor] = {}
     errors: dict[str, str] = {}
     for call in range(calls + 1):
         weight = windows[call % windows.shape[0]]
         for info in algorithms:
             if info.name in errors:
                 continue
+            handed = placed.get(info.name) if previous and PREVIOUS_PLACEMENT_KEYWORD in info.accepts else None
             try:
-                output, elapsed = timed_call(info, weight.clone(), scenario)
-                checked_placement(output, weight, scenario)
+                output, elapsed = timed_call(info, weight.clone(), scenario, handed)
+                placed[info.name] = checked_placement(output, weight, scenario).phy2log.to(device)
             except BalancerFailure as failure:
                 errors[info.name] = one_line(f"{failure.status}: {failure}")
                 continue

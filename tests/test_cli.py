@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eplb_bench import list_algorithms, load_dataset
+from eplb_bench import Scenario, list_algorithms, load_dataset
 from eplb_bench.cli import main
 from eplb_bench.datasets import shipped_names
 
@@ -246,3 +246,20 @@ def test_bench_speed_prints_medians_and_ratios(capsys):
 def test_bench_speed_rejects_a_reference_it_does_not_time(capsys):
     assert main(["bench-speed", "--algorithms", "deepseek,seed", "--datasets", "mixtral-8x7b"]) == 2
     assert "--reference 'fast' is not among --algorithms" in capsys.readouterr().err
+
+
+def test_bench_speed_can_hand_over_the_previous_placement(capsys):
+    assert main(["bench-speed", "--datasets", "mixtral-8x7b", "--calls", "2", "--previous",
+                 "--algorithms", "seed,fast"]) == 0
+    out = capsys.readouterr().out
+    assert "previous placement handed over" in out and "failed" not in out
+
+
+def test_program_files_do_not_claim_a_device(small_npz, tmp_path, capsys):
+    from eplb_bench.registry import file_algorithm_info
+    from eplb_bench.runner import Job, computed_on
+
+    program = tmp_path / "mine.py"
+    program.write_text("def rebalance_experts(w, r, g, n, p):\n    raise RuntimeError\n")
+    job = Job(file_algorithm_info(program), load_dataset(str(small_npz)), Scenario(24, 1, 1, 8), device="cuda")
+    assert computed_on(job) == "cuda input (where it computes is not declared)"

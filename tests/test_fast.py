@@ -197,3 +197,40 @@ def test_cuda_matches_cpu():
     cuda = fast(weight.cuda(), 24, 4, 2, 8)
     assert all(t.device.type == "cuda" for t in cuda)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, cuda))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_migration_knob_always_returns_valid_placements(seed):
+    generator = torch.Generator().manual_seed(seed)
+    args = [(6, 4, 2, 2), (16, 4, 2, 4), (24, 8, 4, 8), (12, 1, 1, 4), (18, 4, 3, 6)][seed % 5]
+    first = (torch.rand(3, 8 if args[0] > 6 else 4, generator=generator) ** 3 * 100).round()
+    second = (torch.rand(first.shape, generator=generator) ** 3 * 100).round()
+    prev = fast(first, *args)[0]
+    for tolerance in (None, 0.0, 0.05, 10.0):
+        out = fast(second, *args, prev_phy2log=prev, migration_tolerance=tolerance)
+        validate_placement(*out, num_logical=first.shape[1], num_replicas=args[0], num_gpus=args[3], num_layers=3)
+
+
+def test_previous_placements_with_missing_experts_or_odd_layout_are_handled():
+    weight = (torch.rand(4, 32, generator=torch.Generator().manual_seed(1)) * 100).round()
+    prev = fast(weight, 40, 8, 4, 8)[0]
+    holey = prev.clone()
+    holey[holey == 5] = 6  # expert 5 has no replica in service
+    out = fast(weight.roll(1, -1), 40, 8, 4, 8, prev_phy2log=holey, migration_tolerance=0.05)
+    validate_placement(*out, num_logical=32, num_replicas=40, num_gpus=8, num_layers=4)
+    strided = prev.t().contiguous().t()
+    assert torch.equal(fast(weight, 40, 8, 4, 8, prev_phy2log=strided)[0], fast(weight, 40, 8, 4, 8, prev_phy2log=prev)[0])
+    with pytest.raises(ValueError, match="integer expert indices"):
+        fast(weight, 40, 8, 4, 8, prev_phy2log=prev.float() + 0.5)
+
+
+def test_an_unchanged_placement_keeps_every_slot():
+    weight = torch.tensor([[16.0, 16.0, 7.0]])
+    placement = fast(weight, 12, 1, 1, 4)[0]
+    assert torch.equal(fast(weight, 12, 1, 1, 4, prev_phy2log=placement)[0], placement)
+
+
+def test_negative_zero_weighs_nothing():
+    positive = fast(torch.tensor([[0.0, 100.0, 50.0, 10.0]]), 8, 1, 1, 4)
+    negative = fast(torch.tensor([[-0.0, 100.0, 50.0, 10.0]]), 8, 1, 1, 4)
+    assert all(torch.equal(a, b) for a, b in zip(positive, negative))
