@@ -34,6 +34,8 @@ import torch
 
 from eplb_bench import register
 
+from .hybrid_replication import sainte_lague_tail
+
 LOCALITY_TOLERANCE = 0.05
 REFINE_ROUNDS = 2
 NO_REDUNDANCY_ROUNDS = 16
@@ -116,7 +118,7 @@ def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
     num_extra = num_slots - weight.shape[1]
     counts = torch.ones_like(weight)
     if num_extra > 0:
-        tail = max(1, -(-num_extra // 10))
+        tail = sainte_lague_tail(num_extra)
         counts = top_replicas(weight, counts, num_extra - tail, 0.0, fresh=True)
         # weight / (2c - 1) ranks like weight / (c - 0.5).
         counts = top_replicas(weight, counts, tail, 0.5, fresh=num_extra == tail)
@@ -500,15 +502,11 @@ def repair_in_nodes(weight: torch.Tensor, prev_phy2log: torch.Tensor, fresh: tor
 def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
     """log2phy: [L, E, logcnt.max()], each expert's slots in increasing order, -1 padded."""
     num_layers, num_replicas = phy2log.shape
-    num_logical = logcnt.shape[1]
     width = int(logcnt.max())
-    slots = torch.arange(num_replicas, device=phy2log.device)
-    by_expert = descending_order((num_logical * num_replicas - phy2log * num_replicas - slots).float())
-    expert = phy2log.gather(1, by_expert)
-    rank = slots - (logcnt.cumsum(-1) - logcnt).gather(1, expert)
-    log2phy = torch.full((num_layers, num_logical * width), -1, dtype=torch.int64, device=phy2log.device)
-    log2phy.scatter_(1, expert * width + rank, by_expert)
-    return log2phy.view(num_layers, num_logical, width)
+    log2phy = torch.full((num_layers, logcnt.shape[1] * width), -1, dtype=torch.int64, device=phy2log.device)
+    slots = torch.arange(num_replicas, device=phy2log.device).expand(num_layers, -1)
+    log2phy.scatter_(1, phy2log * width + copy_rank(phy2log, logcnt), slots)
+    return log2phy.view(num_layers, -1, width)
 
 
 def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,

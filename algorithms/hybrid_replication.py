@@ -59,6 +59,11 @@ def _fix_up(weight, phy2log, replica_rank, logcnt) -> None:
     logcnt[rows, receiver[moves]] += 1
 
 
+def sainte_lague_tail(num_extra: int) -> int:
+    """How many of num_extra > 0 extra replicas go by weight / (2 count - 1): a tenth, at least one."""
+    return max(1, (num_extra + 9) // 10)
+
+
 def hybrid_replication(weight: torch.Tensor, num_phy: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """D'Hondt for most extra replicas, Sainte-Lague for the last tenth, then the fix-up.
 
@@ -74,7 +79,7 @@ def hybrid_replication(weight: torch.Tensor, num_phy: int) -> tuple[torch.Tensor
     logcnt = torch.ones(rows, num_log, dtype=torch.int64)
     if num_extra == 0:
         return phy2log, replica_rank, logcnt
-    tail = max(1, (num_extra + 9) // 10)
+    tail = sainte_lague_tail(num_extra)
     bulk_end = num_phy - tail
     _allocate(weight, phy2log, replica_rank, logcnt, range(num_log, bulk_end), lambda count: count)
     _allocate(weight, phy2log, replica_rank, logcnt, range(bulk_end, num_phy), lambda count: 2 * count - 1)

@@ -101,6 +101,15 @@ def resolve_algorithms(text: str | None):
     return infos
 
 
+def resolve_datasets(text: str | None, window_steps: int = DEFAULT_WINDOW_STEPS):
+    """The datasets named in --datasets, or every shipped one."""
+    names = _split(text) if text else shipped_names()
+    datasets = [load_dataset(name, window_steps=window_steps) for name in names]
+    if not datasets:
+        raise UsageError(f"no datasets: none shipped in {datasets_dir()} and none given with --datasets")
+    return datasets
+
+
 def resolve_device(text: str) -> str:
     if text == "cpu":
         return text
@@ -162,10 +171,7 @@ def command_run(args) -> int:
         raise UsageError(f"--predictor: {exc}") from None
     device = resolve_device(args.device)
     algorithms = resolve_algorithms(args.algorithms)
-    names = _split(args.datasets) if args.datasets else shipped_names()
-    datasets = [load_dataset(name, window_steps=args.window_steps) for name in names]
-    if not datasets:
-        raise UsageError(f"no datasets: none shipped in {datasets_dir()} and none given with --datasets")
+    datasets = resolve_datasets(args.datasets, args.window_steps)
     override = scenario_override(args)
     jobs = [
         Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
@@ -203,7 +209,7 @@ def command_bench_speed(args) -> int:
     names = [info.name for info in algorithms]
     if args.reference not in names:
         raise UsageError(f"--reference {args.reference!r} is not among --algorithms ({', '.join(names)})")
-    datasets = [load_dataset(name) for name in (_split(args.datasets) if args.datasets else shipped_names())]
+    datasets = resolve_datasets(args.datasets)
     rows = []
     for dataset in datasets:
         for scenario in scenarios_for(dataset, None):

@@ -173,8 +173,13 @@ def base_record(job: Job, repeat: int) -> dict:
     }
 
 
+def accepts_previous(info: AlgorithmInfo) -> bool:
+    """Whether the balancer's signature names the optional prev_phy2log keyword."""
+    return PREVIOUS_PLACEMENT_KEYWORD in info.accepts
+
+
 def passes_previous(job: Job) -> bool:
-    return job.migration and PREVIOUS_PLACEMENT_KEYWORD in job.algorithm.accepts
+    return job.migration and accepts_previous(job.algorithm)
 
 
 def computed_on(job: Job) -> str:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .contract import PREVIOUS_PLACEMENT_KEYWORD
 from .datasets import Dataset
 from .registry import AlgorithmInfo
-from .runner import BalancerFailure, checked_placement, one_line, timed_call
+from .runner import BalancerFailure, accepts_previous, checked_placement, one_line, timed_call
 
 DEFAULT_SPEED_ALGORITHMS = ("deepseek", "seed", "fast")
 
@@ -45,7 +44,7 @@ def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, d
         for info in algorithms:
             if info.name in errors:
                 continue
-            handed = placed.get(info.name) if previous and PREVIOUS_PLACEMENT_KEYWORD in info.accepts else None
+            handed = placed.get(info.name) if previous and accepts_previous(info) else None
             try:
                 output, elapsed = timed_call(info, weight.clone(), scenario, handed)
                 placed[info.name] = checked_placement(output, weight, scenario).phy2log.to(device)
