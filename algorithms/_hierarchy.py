@@ -45,9 +45,9 @@ def greedy_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, 
     pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
     rank_in_pack = torch.full((rows, num_items), -1, dtype=torch.int64)
     # Item by item with tensor element access and float32 pack loads, as the reference
-    # does, so that its runtime stays comparable with published figures. The reference
-    # scans every pack for the lightest open one; a heap of (load, pack) makes the same
-    # choice (lowest load, ties to the lowest index) in O(log packs).
+    # does. The reference scans every pack for the lightest open one (scan_packing); a
+    # heap of (load, pack) makes the same choice (lowest load, ties to the lowest index)
+    # in O(log packs).
     for row in range(rows):
         loads = [0] * num_packs
         counts = [0] * num_packs
@@ -60,6 +60,39 @@ def greedy_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, 
             counts[pack] += 1
             if counts[pack] < capacity:
                 heapq.heappush(open_packs, (float(loads[pack]), pack))
+    return pack_index, rank_in_pack
+
+
+def scan_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """greedy_packing exactly as the reference computes it, at the reference's cost.
+
+    The same choices as greedy_packing, but each item scans every open pack for the
+    lightest, with pack loads kept as float32 tensor elements, as deepseek-ai/EPLB's
+    balanced_packing does: O(packs) Python steps per item, so that runtimes measured
+    against it compare with published speedups over the reference.
+
+    Args:
+        weight: [X, n] item weights (CPU); n must be a multiple of num_packs.
+    Returns:
+        pack_index: [X, n] pack of each item; rank_in_pack: [X, n] its position there.
+    """
+    rows, num_items = weight.shape
+    capacity = num_items // num_packs
+    if capacity == 1:
+        index = torch.arange(num_items, dtype=torch.int64).expand(rows, num_items).clone()
+        return index, torch.zeros(rows, num_items, dtype=torch.int64)
+    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
+    pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
+    rank_in_pack = torch.full((rows, num_items), -1, dtype=torch.int64)
+    for row in range(rows):
+        loads = [0] * num_packs
+        counts = [0] * num_packs
+        for item in order[row]:
+            pack = min((p for p in range(num_packs) if counts[p] < capacity), key=loads.__getitem__)
+            pack_index[row, item] = pack
+            rank_in_pack[row, item] = counts[pack]
+            loads[pack] = loads[pack] + weight[row, item]
+            counts[pack] += 1
     return pack_index, rank_in_pack
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eplb_bench_algorithms._hierarchy import greedy_packing, greedy_replication
+from eplb_bench_algorithms._hierarchy import greedy_packing, greedy_replication, scan_packing
 from eplb_bench_algorithms.hybrid_replication import _fix_up, hybrid_replication
 from eplb_bench_algorithms.refined_packing import refined_packing
 from eplb_bench import Scenario, get_algorithm, list_algorithms, load_dataset, validate_placement
@@ -162,25 +162,8 @@ def test_registered_hybrid_replication_changes_the_counts():
     assert max_gpu_load("seed", weight, scenario)[1].tolist() == [[2, 2]]
 
 
-def scan_packing(weight, num_packs):
-    """The reference's packing: scan every open pack for the lightest, item by item."""
-    rows, num_items = weight.shape
-    capacity = num_items // num_packs
-    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
-    pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
-    rank = pack_index.clone()
-    for row in range(rows):
-        loads, counts = [0] * num_packs, [0] * num_packs
-        for item in order[row]:
-            pack = min((p for p in range(num_packs) if counts[p] < capacity), key=loads.__getitem__)
-            pack_index[row, item], rank[row, item] = pack, counts[pack]
-            loads[pack] += weight[row, item]
-            counts[pack] += 1
-    return pack_index, rank
-
-
 @pytest.mark.parametrize("seed", range(20))
-def test_heap_packing_makes_the_reference_choices(seed):
+def test_heap_packing_makes_the_same_choices_as_the_reference_scan(seed):
     generator = torch.Generator().manual_seed(seed)
     packs, capacity = int(torch.randint(2, 12, (1,), generator=generator)), int(torch.randint(2, 6, (1,), generator=generator))
     weight = torch.randint(0, 5, (4, packs * capacity), generator=generator).float()  # many ties
