@@ -23,8 +23,8 @@ swap rounds only):
    that costs at most that fraction of its peak GPU load.
 
 On the CPU the sorts go through NumPy (a sort of packed integer keys for long rows,
-argsort for short ones), several times faster than torch's CPU sort at these
-sizes; on CUDA through torch.sort of the same keys.
+argsort for short ones, a radix sort for expert numbers), several times faster than
+torch's CPU sort at these sizes; on CUDA through torch.sort of the same keys.
 """
 
 from __future__ import annotations
@@ -67,6 +67,23 @@ def descending_order(values: torch.Tensor) -> torch.Tensor:
     return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
 
 
+def ascending_order(values: torch.Tensor, bound: int) -> torch.Tensor:
+    """values: [B, n] integers in [0, bound) -> [B, n] int64 indices, smallest first,
+    ties by index (a stable sort).
+
+    On the CPU small integers go through NumPy's radix sort, larger ones through a
+    sort of keys that pack each value with its index.
+    """
+    if values.device.type == "cpu":
+        if bound <= 2 ** 15:
+            return torch.from_numpy(np.argsort(values.numpy().astype(np.int16), axis=-1, kind="stable"))
+        keys = np.left_shift(values.numpy().astype(np.int64), 32)
+        np.bitwise_or(keys, np.arange(values.shape[-1]), out=keys)
+        keys.sort(axis=-1)
+        return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+    return torch.sort(values, dim=-1, stable=True).indices
+
+
 def lightest_first(loads: torch.Tensor) -> torch.Tensor:
     """loads: [B, k] -> [B, k] int64 indices, smallest load first, ties by index."""
     if loads.shape[-1] > 32:
@@ -94,6 +111,9 @@ def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: 
     rows, num_items = weight.shape
     if grants <= 0:
         return counts
+    if grants == 1:  # the first of the highest priorities (argmax takes the first of equals)
+        best = (weight / (counts - beta)).argmax(-1, keepdim=True)
+        return counts.scatter_add(1, best, torch.ones_like(best, dtype=counts.dtype))
     ranked = descending_order(weight / (counts - beta))
     reach = min(grants, num_items)
     rank = torch.arange(reach, device=weight.device).repeat_interleave(grants)
@@ -101,7 +121,7 @@ def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: 
     if fresh:
         keep = (rank + 1) * (step + 1) <= grants
         rank, step = rank[keep], step[keep]
-    expert = ranked[:, rank]
+    expert = ranked.index_select(1, rank)
     priority = weight.gather(1, expert) / (counts.gather(1, expert) + step.to(weight.dtype) - beta)
     chosen = descending_order(priority)[:, :grants]
     return counts.scatter_add(1, expert.gather(1, chosen), torch.ones_like(chosen, dtype=counts.dtype))
@@ -145,28 +165,30 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
     rows, num_items = loads.shape
     per_bin = num_items // num_bins
     device = loads.device
-    if num_bins < 2:
-        labels = None
     heaviest_first = descending_order(loads)
     ranked = loads.gather(1, heaviest_first)                   # round r: columns r * num_bins onwards
     dealt = [torch.arange(num_bins, device=device).expand(rows, -1)]
     bin_load = ranked[:, :num_bins].clone()
-    if labels is not None:
+    # Rounds in which some row's first replica follows a copy of its expert: only
+    # those need the check (found with one transfer to the host).
+    check_rounds = [False] * per_bin
+    if labels is not None and num_bins > 1 and block == 1:
         ranked_labels = labels.gather(1, heaviest_first).view(rows, per_bin, num_bins)
-        follows_copy = (ranked_labels[:, 1:, 0] == ranked_labels[:, :-1, -1]).unsqueeze(-1).unbind(1)
+        follows_copy = ranked_labels[:, 1:, 0] == ranked_labels[:, :-1, -1]        # [B, rounds - 1]
+        check_rounds = [False] + follows_copy.any(0).tolist()
         first_two_swapped = torch.tensor([1, 0] + list(range(2, num_bins)), device=device)
-    # Bins of a block of rounds, as positions in the sorted order: 0..k-1, k-1..0, ...
-    snake = torch.arange(num_bins, device=device).repeat(block).view(block, num_bins)
-    snake[1::2] = snake[1::2].flip(-1)
-    snake = snake.flatten()
+    if block > 1:
+        # Bins of a block of rounds, as positions in the sorted order: 0..k-1, k-1..0, ...
+        snake = torch.arange(num_bins, device=device).repeat(block).view(block, num_bins)
+        snake[1::2] = snake[1::2].flip(-1)
+        snake = snake.flatten()
     for start in range(1, per_bin, block):
         order = lightest_first(bin_load)
         stop = min(per_bin, start + block)
-        if block == 1:
-            if labels is not None:
-                clash = follows_copy[start - 1] & (order[:, :1] == dealt[-1][:, -1:])
-                order = torch.where(clash, order.index_select(1, first_two_swapped), order)
-        else:
+        if check_rounds[start]:
+            clash = follows_copy[:, start - 1:start] & (order[:, :1] == dealt[-1][:, -1:])
+            order = torch.where(clash, order.index_select(1, first_two_swapped), order)
+        elif block > 1:
             order = order.index_select(1, snake[:(stop - start) * num_bins])
         dealt.append(order)
         if stop < per_bin:
@@ -202,9 +224,9 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
         light, heavy = by_load[:, :half], by_load[:, num_bins - half:].flip(1)
         half_gap = (heavy.sum(-1) - light.sum(-1)) / 2
         # Moving d = a - b from the heavy bin to the light one helps iff 0 < d < gap
-        # and leaves |gap - 2d| between them.
-        moved = heavy.unsqueeze(-1) - light.unsqueeze(-2)
-        best, choice = (half_gap.view(rows, half, 1, 1) - moved).abs().view(rows, half, -1).min(-1)
+        # and leaves |gap - 2d| = 2 |(a - gap / 2) - b| between them.
+        score = ((heavy - half_gap.unsqueeze(-1)).unsqueeze(-1) - light.unsqueeze(-2)).abs()
+        best, choice = score.view(rows, half, -1).min(-1)
         useful = best < half_gap
         if not bool(useful[:, 0].any()):
             break
@@ -267,8 +289,10 @@ def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
     if bool(local.all()):
         return by_group, local
     # Spread layers deal their experts out one by one over the nodes.
-    by_expert = pack_in_rounds(weight, num_nodes, block=-(-num_logical // (num_nodes * NODE_SORTS)))
-    return torch.where(local.unsqueeze(-1), by_group, by_expert), local
+    spread = (~local).nonzero().squeeze(1)
+    by_expert = pack_in_rounds(weight.index_select(0, spread), num_nodes,
+                               block=-(-num_logical // (num_nodes * NODE_SORTS)))
+    return by_group.index_copy_(0, spread, by_expert), local
 
 
 def node_placement(weight: torch.Tensor, nodemajor_to_log: torch.Tensor, num_replicas: int, num_nodes: int,
@@ -302,13 +326,6 @@ def peak_gpu_load(weight: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Ten
     return slot_load.view(weight.shape[0], num_gpus, -1).sum(-1).max(-1).values
 
 
-def occurrence(values: torch.Tensor) -> torch.Tensor:
-    """values: [rows, k] -> [rows, k], how many equal values precede each entry in its row."""
-    same = values.unsqueeze(-1) == values.unsqueeze(-2)
-    earlier = torch.ones(values.shape[-1], values.shape[-1], dtype=torch.bool, device=values.device).tril(-1)
-    return (same & earlier).sum(-1)
-
-
 def match_bins(overlap: torch.Tensor, rounds: int = 2) -> torch.Tensor:
     """Pair new bins with old bins so that paired bins share much (a greedy matching).
 
@@ -337,7 +354,7 @@ def match_bins(overlap: torch.Tensor, rounds: int = 2) -> torch.Tensor:
         paired = torch.where(won, choice, paired)
         taken = taken | torch.zeros_like(paired).scatter_reduce(1, choice, won.to(torch.int64), "amax").bool()
     left_new = paired < 0
-    free_old = descending_order((~taken).to(torch.float32))          # free old bins first, in order
+    free_old = ascending_order(taken.to(torch.int8), 2)              # free old bins first, in order
     rank = (left_new.cumsum(-1) - 1).clamp(min=0)
     return torch.where(left_new, free_old.gather(1, rank), paired)
 
@@ -409,9 +426,14 @@ def move_blocks(values: torch.Tensor, destination: torch.Tensor, num_blocks: int
     return torch.empty_like(blocks).scatter_(1, target, blocks).view(rows, width)
 
 
-def keep_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int) -> torch.Tensor:
+def keep_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_logical: int, num_gpus: int) -> torch.Tensor:
     """Reorder the slots inside each GPU so that a replica of an expert the GPU held
     before takes that expert's previous slot (vLLM's preserve_intragpu_slots).
+
+    The old and the new replicas are sorted together by (GPU, expert), old ones
+    first and each in slot order, so that the i-th new copy of an expert on a GPU
+    meets the i-th old one. The other new replicas fill the GPU's remaining slots in
+    order.
 
     Args:
         phy2log, prev_phy2log: [L, R].
@@ -422,23 +444,40 @@ def keep_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int)
     per_gpu = num_replicas // num_gpus
     if per_gpu == 1:
         return phy2log
-    new = phy2log.view(-1, per_gpu)
-    old = prev_phy2log.view(-1, per_gpu)
-    # Copies of one expert on a GPU are numbered so that they pair up one to one.
-    match = (new * per_gpu + occurrence(new)).unsqueeze(-1) == (old * per_gpu + occurrence(old)).unsqueeze(-2)
-    kept_new, kept_old = match.any(-1), match.any(-2)
-    # The others fill the remaining slots in order.
-    free_slots = descending_order((~kept_old).to(torch.float32))
+    device = phy2log.device
+    slot_key = torch.arange(num_gpus, device=device).repeat_interleave(per_gpu) * num_logical
+    both = torch.cat([prev_phy2log + slot_key, phy2log + slot_key], 1)       # old: columns < R
+    order = ascending_order(both, num_gpus * num_logical)
+    key = both.gather(1, order)
+    is_old = order < num_replicas
+    positions = torch.arange(2 * num_replicas, device=device)
+    run_start = torch.where(torch.cat([torch.ones_like(key[:, :1], dtype=torch.bool), key[:, 1:] != key[:, :-1]], 1),
+                            positions, 0).cummax(-1).values
+    old_seen = is_old.cumsum(-1)
+    old_in_run = old_seen - (old_seen - is_old.long()).gather(1, run_start)   # at a new entry: all of the run's old ones
+    new_rank = positions - run_start - old_in_run
+    matched = ~is_old & (new_rank < old_in_run)
+    partner = order.gather(1, torch.where(matched, run_start + new_rank, 0))
+    # Kept replicas, by new slot: their old slot, else -1.
+    kept_at = torch.empty_like(order).scatter_(1, order, torch.where(matched, partner, -1))[:, num_replicas:]
+    kept_new = kept_at >= 0
+    kept_old = torch.zeros(num_layers, num_replicas + 1, dtype=torch.bool, device=device)
+    kept_old = kept_old.scatter_(1, torch.where(matched, partner, num_replicas), True)[:, :num_replicas]
+    # The i-th new replica that moves takes the i-th free slot: per GPU the counts agree.
+    free = ~kept_old
+    slots = torch.arange(num_replicas, device=device).expand(num_layers, -1)
+    free_slots = torch.empty(num_layers, num_replicas + 1, dtype=torch.int64, device=device)
+    free_slots = free_slots.scatter_(1, torch.where(free, free.cumsum(-1) - 1, num_replicas), slots)
     fill_rank = ((~kept_new).cumsum(-1) - 1).clamp(min=0)
-    target = torch.where(kept_new, match.to(torch.int8).argmax(-1), free_slots.gather(1, fill_rank))
-    return torch.empty_like(new).scatter_(1, target, new).view(num_layers, num_replicas)
+    target = torch.where(kept_new, kept_at, free_slots.gather(1, fill_rank))
+    return torch.empty_like(phy2log).scatter_(1, target, phy2log)
 
 
 def copy_rank(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
     """[L, R]: how many slots before each slot hold the same expert."""
     num_layers, num_replicas = phy2log.shape
     slots = torch.arange(num_replicas, device=phy2log.device)
-    by_expert = descending_order((logcnt.shape[1] * num_replicas - phy2log * num_replicas - slots).float())
+    by_expert = ascending_order(phy2log, logcnt.shape[1])
     rank = slots - (logcnt.cumsum(-1) - logcnt).gather(1, phy2log.gather(1, by_expert))
     return torch.empty_like(rank).scatter_(1, by_expert, rank)
 
@@ -542,7 +581,7 @@ def fewer_moves(weight: torch.Tensor, prev_phy2log: torch.Tensor, phy2log: torch
     if bool(local.any()):
         in_nodes = repair_in_nodes(weight, prev_phy2log, phy2log, num_nodes, num_gpus, REPAIR_ROUNDS)
         repaired = torch.where(local.unsqueeze(-1), in_nodes, repaired)
-    phy2log = keep_slots(phy2log, prev_phy2log, num_gpus)
+    phy2log = keep_slots(phy2log, prev_phy2log, num_logical, num_gpus)
     better = ((peak_gpu_load(weight, repaired, logcnt, num_gpus) <= bound)
               & ((repaired != prev_phy2log).sum(-1) < (phy2log != prev_phy2log).sum(-1)))
     phy2log = torch.where(better.unsqueeze(-1), repaired, phy2log)
@@ -601,5 +640,5 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
         phy2log = torch.where(unchanged, prev, follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus))
         if migration_tolerance is not None:
             phy2log, logcnt = fewer_moves(w, prev, phy2log, logcnt, local, num_nodes, num_gpus, migration_tolerance)
-        phy2log = keep_slots(phy2log, prev, num_gpus)
+        phy2log = keep_slots(phy2log, prev, num_logical, num_gpus)
     return phy2log, slots_of_experts(phy2log, logcnt), logcnt
