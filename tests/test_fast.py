@@ -35,6 +35,22 @@ def test_replica_priorities_match_one_at_a_time_allocation(beta, seed):
         assert more.tolist() == [sequential_from(row.tolist(), base, 5, beta) for row, base in zip(weight, expected)]
 
 
+def test_a_single_grant_among_equal_priorities_goes_to_the_first_expert():
+    weight = torch.tensor([[3.0, 5.0, 5.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    counts = fast_module.top_replicas(weight, torch.ones_like(weight), 1, 0.0, fresh=True)
+    assert counts.tolist() == [[1, 2, 1, 1], [2, 1, 1, 1]]
+    assert counts.tolist() == [sequential_divisor_counts(row.tolist(), 5, 0.0) for row in weight]
+
+
+@pytest.mark.parametrize("bound", [2, 300, 2 ** 15, 2 ** 15 + 1, 10 ** 6])
+def test_ascending_order_is_a_stable_sort(bound):
+    generator = torch.Generator().manual_seed(bound)
+    values = torch.randint(0, bound, (5, 40), generator=generator)
+    values[:, ::3] = values[:, :1]  # ties
+    expected = torch.sort(values, dim=-1, stable=True).indices
+    assert torch.equal(fast_module.ascending_order(values, bound), expected)
+
+
 def sequential_from(weight, counts, grants, beta):
     counts = list(counts)
     for _ in range(grants):
