@@ -167,36 +167,63 @@ def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
     device = loads.device
     heaviest_first = descending_order(loads)
     ranked = loads.gather(1, heaviest_first)                   # round r: columns r * num_bins onwards
-    dealt = [torch.arange(num_bins, device=device).expand(rows, -1)]
-    bin_load = ranked[:, :num_bins].clone()
-    # Rounds in which some row's first replica follows a copy of its expert: only
-    # those need the check (found with one transfer to the host).
-    check_rounds = [False] * per_bin
+    follows_copy = None
     if labels is not None and num_bins > 1 and block == 1:
         ranked_labels = labels.gather(1, heaviest_first).view(rows, per_bin, num_bins)
         follows_copy = ranked_labels[:, 1:, 0] == ranked_labels[:, :-1, -1]        # [B, rounds - 1]
-        check_rounds = [False] + follows_copy.any(0).tolist()
-        first_two_swapped = torch.tensor([1, 0] + list(range(2, num_bins)), device=device)
-    if block > 1:
-        # Bins of a block of rounds, as positions in the sorted order: 0..k-1, k-1..0, ...
-        snake = torch.arange(num_bins, device=device).repeat(block).view(block, num_bins)
-        snake[1::2] = snake[1::2].flip(-1)
-        snake = snake.flatten()
+    if device.type == "cpu":  # NumPy runs these small steps with several times less overhead
+        bins = torch.from_numpy(deal_rounds(ranked.numpy(), num_bins, block,
+                                            None if follows_copy is None else follows_copy.numpy()))
+    else:
+        bins = deal_rounds(ranked, num_bins, block, follows_copy)
+    position = bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)
+    return torch.empty_like(heaviest_first).scatter_(1, position.view(rows, num_items), heaviest_first)
+
+
+def deal_rounds(ranked, num_bins: int, block: int, follows_copy):
+    """The bins of pack_in_rounds' rounds, on NumPy arrays or on torch tensors alike.
+
+    Args:
+        ranked: [B, m] float item loads, heaviest first; round r is columns
+            r * num_bins onwards.
+        follows_copy: [B, rounds - 1] bool, True where round r + 1 starts with a copy
+            of the expert that ended round r; or None (no such check).
+    Returns:
+        [B, rounds, num_bins] int64: the bin of each item.
+    """
+    on_numpy = isinstance(ranked, np.ndarray)
+    xp = np if on_numpy else torch
+    rows, num_items = ranked.shape
+    per_bin = num_items // num_bins
+
+    def table(values):
+        return np.array(values, dtype=np.int64) if on_numpy else torch.tensor(values, device=ranked.device)
+
+    reverse = table(list(range(num_bins - 1, -1, -1)))
+    first_two_swapped = table([1, 0] + list(range(2, num_bins)))
+    check_rounds = [False] * per_bin
+    if follows_copy is not None:
+        check_rounds = [False] + follows_copy.any(0).tolist()   # rounds where some row needs the check
+    dealt = [xp.zeros_like(ranked[:, :num_bins], dtype=xp.int64) + table(list(range(num_bins)))]
+    bin_load = ranked[:, :num_bins] + 0
+    if on_numpy:
+        row_start = (np.arange(rows) * num_bins)[:, None]
     for start in range(1, per_bin, block):
-        order = lightest_first(bin_load)
+        order = np.argsort(bin_load, axis=-1, kind="stable") if on_numpy else lightest_first(bin_load)
         stop = min(per_bin, start + block)
         if check_rounds[start]:
             clash = follows_copy[:, start - 1:start] & (order[:, :1] == dealt[-1][:, -1:])
-            order = torch.where(clash, order.index_select(1, first_two_swapped), order)
-        elif block > 1:
-            order = order.index_select(1, snake[:(stop - start) * num_bins])
-        dealt.append(order)
+            order = xp.where(clash, order[:, first_two_swapped], order)
+        # Within a block the rounds go lightest first, then the reverse (snake order).
+        dealt.extend(order if step % 2 == 0 else order[:, reverse] for step in range(stop - start))
         if stop < per_bin:
-            bin_load.scatter_add_(1, order.view(rows, -1, num_bins).flatten(1) if block > 1 else order,
-                                  ranked[:, start * num_bins:stop * num_bins])
-    bins = torch.cat(dealt, 1).view(rows, per_bin, num_bins)
-    position = bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)
-    return torch.empty_like(heaviest_first).scatter_(1, position.view(rows, num_items), heaviest_first)
+            items = ranked[:, start * num_bins:stop * num_bins].reshape(rows, stop - start, num_bins)
+            gained = items[:, 0::2].sum(1) + items[:, 1::2][:, :, reverse].sum(1)   # by sorted position
+            if on_numpy:
+                bin_load.reshape(-1)[order + row_start] += gained
+            else:
+                bin_load.scatter_add_(1, order, gained)
+    return xp.stack(dealt, 1)
 
 
 def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int,

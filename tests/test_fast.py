@@ -51,6 +51,18 @@ def test_ascending_order_is_a_stable_sort(bound):
     assert torch.equal(fast_module.ascending_order(values, bound), expected)
 
 
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_rounds_deal_alike_on_numpy_and_on_torch(block):
+    generator = torch.Generator().manual_seed(block)
+    ranked = (torch.rand(6, 40, generator=generator) * 100).round().sort(-1, descending=True).values
+    follows_copy = torch.rand(6, 4, generator=generator) < 0.5 if block == 1 else None
+    on_torch = fast_module.deal_rounds(ranked, 8, block, follows_copy)
+    on_numpy = fast_module.deal_rounds(ranked.numpy(), 8, block, None if follows_copy is None else follows_copy.numpy())
+    assert torch.equal(on_torch, torch.from_numpy(on_numpy))
+    assert on_torch.shape == (6, 5, 8)
+    assert torch.equal(on_torch.sort(-1).values, torch.arange(8).expand(6, 5, 8))  # each round fills every bin once
+
+
 def sequential_from(weight, counts, grants, beta):
     counts = list(counts)
     for _ in range(grants):
