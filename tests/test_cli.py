@@ -23,7 +23,7 @@ RECORD_FIELDS = {
 @pytest.fixture(scope="module")
 def main_job_records():
     result = subprocess.run([sys.executable, "-m", "eplb_bench.cli", "run", "--json"],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
