@@ -116,13 +116,12 @@ def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: 
         return counts.scatter_add(1, best, torch.ones_like(best, dtype=counts.dtype))
     ranked = descending_order(weight / (counts - beta))
     reach = min(grants, num_items)
-    rank = torch.arange(reach, device=weight.device).repeat_interleave(grants)
-    step = torch.arange(grants, device=weight.device).repeat(reach)
-    if fresh:
-        keep = (rank + 1) * (step + 1) <= grants
-        rank, step = rank[keep], step[keep]
+    steps_of_rank = grants // np.arange(1, reach + 1) if fresh else np.full(reach, grants)
+    rank = np.repeat(np.arange(reach), steps_of_rank)
+    step = np.arange(len(rank)) - np.repeat(np.cumsum(steps_of_rank) - steps_of_rank, steps_of_rank)
+    rank, step = torch.from_numpy(np.stack([rank, step])).to(weight.device)
     expert = ranked.index_select(1, rank)
-    priority = weight.gather(1, expert) / (counts.gather(1, expert) + step.to(weight.dtype) - beta)
+    priority = weight.gather(1, expert) / (counts.gather(1, expert) + (step.to(weight.dtype) - beta))
     chosen = descending_order(priority)[:, :grants]
     return counts.scatter_add(1, expert.gather(1, chosen), torch.ones_like(chosen, dtype=counts.dtype))
 
@@ -204,25 +203,34 @@ def deal_rounds(ranked, num_bins: int, block: int, follows_copy):
     check_rounds = [False] * per_bin
     if follows_copy is not None:
         check_rounds = [False] + follows_copy.any(0).tolist()   # rounds where some row needs the check
+    # What each block of rounds adds to the bins, by sorted position (rounds of a block
+    # go lightest first, then the reverse: snake order). The last block adds nothing.
+    adding_blocks = max(-(-(per_bin - 1) // block) - 1, 0)
+    added = ranked[:, num_bins:num_bins * (1 + adding_blocks * block)].reshape(rows, adding_blocks, block * num_bins)
+    if block > 1:
+        snake = table([step * num_bins + (p if step % 2 == 0 else num_bins - 1 - p)
+                       for step in range(block) for p in range(num_bins)])
+        added = added[:, :, snake].reshape(rows, adding_blocks, block, num_bins).sum(2)
     dealt = [xp.zeros_like(ranked[:, :num_bins], dtype=xp.int64) + table(list(range(num_bins)))]
     bin_load = ranked[:, :num_bins] + 0
     if on_numpy:
         row_start = (np.arange(rows) * num_bins)[:, None]
-    for start in range(1, per_bin, block):
+    for index, start in enumerate(range(1, per_bin, block)):
         order = np.argsort(bin_load, axis=-1, kind="stable") if on_numpy else lightest_first(bin_load)
         stop = min(per_bin, start + block)
         if check_rounds[start]:
             clash = follows_copy[:, start - 1:start] & (order[:, :1] == dealt[-1][:, -1:])
             order = xp.where(clash, order[:, first_two_swapped], order)
-        # Within a block the rounds go lightest first, then the reverse (snake order).
-        dealt.extend(order if step % 2 == 0 else order[:, reverse] for step in range(stop - start))
+        if block > 1:
+            reversed_order = order[:, reverse]
+            dealt.extend(order if step % 2 == 0 else reversed_order for step in range(stop - start))
+        else:
+            dealt.append(order)
         if stop < per_bin:
-            items = ranked[:, start * num_bins:stop * num_bins].reshape(rows, stop - start, num_bins)
-            gained = items[:, 0::2].sum(1) + items[:, 1::2][:, :, reverse].sum(1)   # by sorted position
             if on_numpy:
-                bin_load.reshape(-1)[order + row_start] += gained
+                bin_load.reshape(-1)[order + row_start] += added[:, index]
             else:
-                bin_load.scatter_add_(1, order, gained)
+                bin_load.scatter_add_(1, order, added[:, index])
     return xp.stack(dealt, 1)
 
 
