@@ -24,7 +24,8 @@ swap rounds only):
 
 On the CPU the sorts go through NumPy (a sort of packed integer keys for long rows,
 argsort for short ones, a radix sort for expert numbers), several times faster than
-torch's CPU sort at these sizes; on CUDA through torch.sort of the same keys.
+torch's CPU sort at these sizes, and so do the packing rounds (deal_rounds serves NumPy
+arrays and torch tensors alike); on CUDA the same steps run as torch operations.
 """
 
 from __future__ import annotations
