@@ -28,6 +28,21 @@ class Steps(NamedTuple):
     pack_replicas: PackFn
 
 
+def one_item_per_pack(rows: int, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packing when every pack takes one item, as the reference gives it: item i in
+    pack i. Returns pack_index, rank_in_pack: [rows, num_items]."""
+    index = torch.arange(num_items, dtype=torch.int64).expand(rows, num_items).clone()
+    return index, torch.zeros(rows, num_items, dtype=torch.int64)
+
+
+def heaviest_first_unfilled(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight: [X, n] -> (order: [X, n] items heaviest first, ties by index; pack_index and
+    rank_in_pack: [X, n] filled with -1), the start of both greedy packings."""
+    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
+    unfilled = torch.full(weight.shape, -1, dtype=torch.int64)
+    return order, unfilled, unfilled.clone()
+
+
 def greedy_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek's balanced packing: heaviest item first onto the lightest non-full pack.
 
@@ -39,11 +54,8 @@ def greedy_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, 
     rows, num_items = weight.shape
     capacity = num_items // num_packs
     if capacity == 1:
-        index = torch.arange(num_items, dtype=torch.int64).expand(rows, num_items).clone()
-        return index, torch.zeros(rows, num_items, dtype=torch.int64)
-    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
-    pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
-    rank_in_pack = torch.full((rows, num_items), -1, dtype=torch.int64)
+        return one_item_per_pack(rows, num_items)
+    order, pack_index, rank_in_pack = heaviest_first_unfilled(weight)
     # Item by item with tensor element access and float32 pack loads, as the reference
     # does. The reference scans every pack for the lightest open one (scan_packing); a
     # heap of (load, pack) makes the same choice (lowest load, ties to the lowest index)
@@ -79,11 +91,8 @@ def scan_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor, to
     rows, num_items = weight.shape
     capacity = num_items // num_packs
     if capacity == 1:
-        index = torch.arange(num_items, dtype=torch.int64).expand(rows, num_items).clone()
-        return index, torch.zeros(rows, num_items, dtype=torch.int64)
-    order = weight.float().sort(dim=-1, descending=True, stable=True).indices
-    pack_index = torch.full((rows, num_items), -1, dtype=torch.int64)
-    rank_in_pack = torch.full((rows, num_items), -1, dtype=torch.int64)
+        return one_item_per_pack(rows, num_items)
+    order, pack_index, rank_in_pack = heaviest_first_unfilled(weight)
     for row in range(rows):
         loads = [0] * num_packs
         counts = [0] * num_packs

@@ -49,6 +49,15 @@ PAIRS_PER_ROUND = 2
 NODE_SORTS = 16
 
 
+def order_of_keys(keys: np.ndarray) -> torch.Tensor:
+    """keys: [B, n] int64 in [0, 2**31), overwritten -> [B, n] int64 indices, smallest key
+    first, ties by index: each key is packed with its index so that a plain sort is stable."""
+    np.left_shift(keys, 32, out=keys)
+    np.bitwise_or(keys, np.arange(keys.shape[-1]), out=keys)
+    keys.sort(axis=-1)
+    return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+
+
 def descending_order(values: torch.Tensor) -> torch.Tensor:
     """values: [B, n], non-negative -> [B, n] int64 indices, largest first, ties by index.
 
@@ -58,11 +67,7 @@ def descending_order(values: torch.Tensor) -> torch.Tensor:
     num_items = values.shape[-1]
     if values.device.type == "cpu":
         keys = values.float().numpy().view(np.int32).astype(np.int64)
-        np.subtract(0x7FFFFFFF, keys, out=keys)
-        np.left_shift(keys, 32, out=keys)
-        np.bitwise_or(keys, np.arange(num_items), out=keys)
-        keys.sort(axis=-1)
-        return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+        return order_of_keys(np.subtract(0x7FFFFFFF, keys, out=keys))
     bits = values.float().view(torch.int32).to(torch.int64)
     keys = ((0x7FFFFFFF - bits) << 32) | torch.arange(num_items, device=values.device)
     return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
@@ -78,10 +83,7 @@ def ascending_order(values: torch.Tensor, bound: int) -> torch.Tensor:
     if values.device.type == "cpu":
         if bound <= 2 ** 15:
             return torch.from_numpy(np.argsort(values.numpy().astype(np.int16), axis=-1, kind="stable"))
-        keys = np.left_shift(values.numpy().astype(np.int64), 32)
-        np.bitwise_or(keys, np.arange(values.shape[-1]), out=keys)
-        keys.sort(axis=-1)
-        return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+        return order_of_keys(values.numpy().astype(np.int64))
     return torch.sort(values, dim=-1, stable=True).indices
 
 
