@@ -266,6 +266,12 @@ def solve_layer(weight: np.ndarray, num_slots: int, num_gpus: int, time_limit: f
     var_low = np.zeros(num_vars)
     var_high = np.concatenate([np.ones(num_u), np.repeat(np.minimum(count_of, per_gpu), num_gpus).astype(float),
                                np.ones(num_z), [np.inf]])
+    # The peak lies between the proven simple bounds and the given upper bound: a tight
+    # range lets the solver stop as soon as it meets either.
+    simple = simple_bounds(weight[None], num_slots, num_groups, num_nodes, num_gpus, policy)
+    var_low[m_index] = max(float(value[0]) for value in simple.values()) / scale * (1 - 1e-7)
+    if upper is not None and counts is None:
+        var_high[m_index] = upper / scale * (1 + 1e-4)   # a looser cutoff: HiGHS mishandles very narrow ranges
     integrality = np.concatenate([np.ones(num_u + num_y + num_z), [0]])
     objective = np.zeros(num_vars)
     objective[m_index] = 1.0
@@ -309,18 +315,19 @@ def layer_lower_bound(weight: np.ndarray, num_slots: int, num_groups: int, num_n
     Args:
         weight: [E]; upper: the peak of some placement under the policy, or None.
     Returns:
-        {"bound": float, "source": the piece that gave it, "solver": MILP status
-        ("optimal", "time_limit", "skipped: ..."), "seconds": float}.
+        {"bound": float, "source": the piece that gave it, "solver": the MILP's
+        outcome ("optimal", "time_limit", "too_large": more than max_variables
+        integer variables, "not_run": no time given), "seconds": float}.
     """
     started = time.perf_counter()
     weight = np.asarray(weight, dtype=np.float64)
     pieces = {name: float(value[0]) for name, value in
               simple_bounds(weight[None], num_slots, num_groups, num_nodes, num_gpus, policy).items()}
-    solver = "skipped: no time"
+    solver = "not_run"
     if time_limit > 0:
         size = model_variables(weight, num_slots, num_gpus, upper)
         if size > max_variables:
-            solver = f"skipped: {size} variables > {max_variables}"
+            solver = "too_large"
         else:
             solution = solve_layer(weight, num_slots, num_gpus, time_limit, num_groups=num_groups,
                                    num_nodes=num_nodes, policy=policy, upper=upper)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -20,6 +21,8 @@ from .datasets import (
     shipped_names,
     verify_manifest,
 )
+from .bound_store import bound_summary, compute_bounds
+from .bounds import MAX_VARIABLES
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
 from .runner import Job, run_jobs
@@ -67,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     speed.add_argument("--previous", action="store_true",
                        help="hand balancers that accept prev_phy2log their previous placement, as run does")
+    bounds = commands.add_parser("bounds", help="compute proven lower bounds and store them in the dataset manifests")
+    bounds.add_argument("--datasets", help="comma-separated dataset names or manifests (default: every shipped dataset)")
+    bounds.add_argument("--time-limit", type=float, default=1.0,
+                        help="MILP seconds per layer; 0 keeps the closed-form bounds only (default 1)")
+    bounds.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="local worker processes (default: CPUs)")
+    bounds.add_argument("--executor", metavar="dask://HOST:PORT", help="run on an existing Dask cluster instead")
+    bounds.add_argument("--max-variables", type=int, default=MAX_VARIABLES,
+                        help=f"largest MILP handed to the solver, in integer variables (default {MAX_VARIABLES})")
+    bounds.add_argument("--force", action="store_true", help="recompute bounds already stored")
     data = commands.add_parser("datasets", help="list, show, verify and import datasets")
     data_commands = data.add_subparsers(dest="datasets_command", parser_class=Parser)
     data_commands.add_parser("list", help="every shipped dataset (the default)")
@@ -198,6 +210,9 @@ def command_run(args) -> int:
             out.close()
     if not args.json:
         print(format_table(records, args.scorer))
+        left_out = [name for name in list_algorithms() if algorithm_info(name).slow] if not args.algorithms else []
+        if left_out:
+            print(f"\nleft out (slow; name them with --algorithms): {', '.join(left_out)}")
     return 0
 
 
@@ -219,6 +234,44 @@ def command_bench_speed(args) -> int:
     print(f"median ms of {args.calls} calls on {device}{handed}; ratios = balancer / {args.reference}")
     print(format_speed(rows, names, args.reference))
     return 0
+
+
+def command_bounds(args) -> int:
+    if args.time_limit < 0 or args.jobs < 1 or args.max_variables < 0:
+        raise UsageError("--time-limit and --max-variables must be >= 0 and --jobs >= 1")
+    if args.executor is not None and not args.executor.startswith("dask://"):
+        raise UsageError(f"--executor expects dask://HOST:PORT, got {args.executor!r}")
+    datasets = resolve_datasets(args.datasets)
+
+    def progress(result, done, total):
+        if done == total or done % 200 == 0:
+            print(f"  {done}/{total} layers bounded", file=sys.stderr, flush=True)
+
+    try:
+        outcome = compute_bounds(datasets, args.time_limit, args.jobs, args.executor, args.max_variables,
+                                 args.force, progress)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("eplb-bench: interrupted; the bounds finished so far are stored", file=sys.stderr)
+        return 130
+    print(f"{outcome['done']} layer bounds computed in {outcome['seconds']:.1f} s "
+          f"({outcome['skipped']} already stored)")
+    print(format_bound_summary([row for name in [d.source for d in datasets]
+                                for row in bound_summary(load_dataset(name))]))
+    return 0
+
+
+def format_bound_summary(rows: list[dict]) -> str:
+    header = f"{'dataset':18s} {'scenario':20s} {'policy':13s} {'known':>11s} {'ceiling':>8s} {'solver s':>9s}  sources; MILP"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        ceiling = "-" if row["ceiling"] is None else f"{row['ceiling']:.4f}"
+        sources = ", ".join(f"{name} {count}" for name, count in row["sources"].items())
+        solver = ", ".join(f"{name} {count}" for name, count in row["solver"].items())
+        lines.append(f"{row['dataset']:18s} {row['scenario']:20s} {row['policy']:13s} "
+                     f"{row['known']:>5d}/{row['total']:<5d} {ceiling:>8s} {row['seconds']:9.1f}  {sources}; {solver}")
+    return "\n".join(lines)
 
 
 def parse_scenario(text: str) -> Scenario:
@@ -337,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             args = build_parser().parse_args(["run", *argv])
         handler = {"list": command_list, "run": command_run, "datasets": command_datasets,
-                   "bench-speed": command_bench_speed}[args.command]
+                   "bench-speed": command_bench_speed, "bounds": command_bounds}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

@@ -19,6 +19,10 @@ Slot `p` lives on GPU `p // (num_replicas // num_gpus)`, GPU `g` on node
 Optional keyword `prev_phy2log`: [num_layers, num_replicas] int64, the placement in
 service (None for the first plan). The runner passes it to balancers whose signature
 names it (PREVIOUS_PLACEMENT_KEYWORD).
+
+Optional keyword `report`: a dict the balancer may fill with JSON-able facts about
+the call (a solver's status, its gap); the runner passes one to balancers whose
+signature names it (REPORT_KEYWORD) and keeps what they put in the result record.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 
 
 PREVIOUS_PLACEMENT_KEYWORD = "prev_phy2log"
+REPORT_KEYWORD = "report"
 
 
 class PlacementError(ValueError):

@@ -415,7 +415,7 @@ def _scenarios_from(entries, where: str, num_logical: int) -> list[Scenario]:
 
 
 MANIFEST_TYPES = {"file": str, "sha256": str, "name": str, "scenarios": list, "phases": list,
-                  "statistics": dict, "generator": dict, "model": str, "provenance": str}
+                  "statistics": dict, "generator": dict, "model": str, "provenance": str, "bounds": dict}
 
 
 def read_manifest(path: Path) -> dict:
@@ -572,6 +572,27 @@ def predicted_windows(windows: torch.Tensor, predictor: Predictor) -> torch.Tens
 
 
 # ---------------------------------------------------------------- writing and checking
+
+
+def scenario_key(scenario: Scenario) -> str:
+    """The key of a scenario's entry in a manifest's "bounds": replicas/groups/nodes/gpus."""
+    return f"{scenario.num_replicas}/{scenario.num_groups}/{scenario.num_nodes}/{scenario.num_gpus}"
+
+
+def stored_lower_bounds(dataset: Dataset, scenario: Scenario, policy: str = "global") -> torch.Tensor | None:
+    """[num_windows, num_layers] float64 lower bounds on the peak GPU load stored in
+    the dataset's manifest (NaN where not computed), or None when there are none for
+    this scenario and policy or they were computed for other data."""
+    entry = (dataset.meta.get("bounds") or {}).get(scenario_key(scenario), {}).get(policy)
+    if not isinstance(entry, dict) or entry.get("data_sha256") != dataset.meta.get("sha256"):
+        return None
+    try:
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["lower_bound"]])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if values.shape != (dataset.num_windows, dataset.num_layers):
+        return None
+    return torch.from_numpy(values)
 
 
 def write_dataset_files(directory: Path, name: str, windows: np.ndarray, manifest: dict) -> dict:

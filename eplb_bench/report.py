@@ -14,6 +14,11 @@ COLUMNS = [
     ("internode_share", "internode", "{:.3f}"),
     ("runtime_ms", "ms", "{:.2f}"),
 ]
+# Shown when the dataset's manifest holds proven lower bounds for the scenario.
+BOUND_COLUMNS = [
+    ("balancedness_ceiling", "gpu ceiling", "{:.4f}"),
+    ("optimality_gap", "gap in", "{:.2%}"),
+]
 
 
 def _cell(record: dict, key: str, fmt: str) -> str:
@@ -44,12 +49,13 @@ def format_table(records: list[dict], scorer: str) -> str:
         dataset, name, replicas, groups, nodes, gpus, device, predictor = key
         group = ranked(list(group), scorer)
         policy = group[0].get("policy", "")
-        header = ["#"] + [title for _, title, _ in COLUMNS] + score_names + ["status"]
+        columns = COLUMNS + (BOUND_COLUMNS if any(r.get("optimality_gap") is not None for r in group) else [])
+        header = ["#"] + [title for _, title, _ in columns] + score_names + ["status"]
         rows = []
         for rank, record in enumerate(group, 1):
             scores = record.get("scores") or {}
             row = [str(rank) if record["status"] == "ok" else "-"]
-            row += [_cell(record, key, fmt) for key, _, fmt in COLUMNS]
+            row += [_cell(record, key, fmt) for key, _, fmt in columns]
             row += ["-" if name not in scores else f"{scores[name]:.4f}" for name in score_names]
             row.append(record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}")
             rows.append(row)

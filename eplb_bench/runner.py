@@ -20,11 +20,12 @@ from typing import Iterable, Iterator
 import torch
 
 from . import __version__
-from .contract import PREVIOUS_PLACEMENT_KEYWORD, PlacementError, Scenario, as_placement, validate_placement
-from .datasets import Dataset, Predictor, predicted_windows
+from .contract import (PREVIOUS_PLACEMENT_KEYWORD, REPORT_KEYWORD, PlacementError, Scenario, as_placement,
+                       validate_placement)
+from .datasets import Dataset, Predictor, predicted_windows, stored_lower_bounds
 from .registry import AlgorithmInfo
 from .scoring import all_scores
-from .simulate import internode_share, placement_metrics
+from .simulate import bound_metrics, internode_share, placement_metrics
 
 
 class BalancerFailure(Exception):
@@ -58,13 +59,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, prev_phy2log: torch.Tensor | None = None):
+def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, prev_phy2log: torch.Tensor | None = None,
+               report: dict | None = None):
     """Call the balancer once on `weight`; return (output, seconds).
 
-    `prev_phy2log` is passed as a keyword when given. Timing synchronizes CUDA
-    before and after the call. Raises BalancerFailure('error') when the balancer raises.
+    `prev_phy2log` and `report` (a dict the balancer may fill) are passed as
+    keywords when given. Timing synchronizes CUDA before and after the call.
+    Raises BalancerFailure('error') when the balancer raises.
     """
     extra = {} if prev_phy2log is None else {PREVIOUS_PLACEMENT_KEYWORD: prev_phy2log}
+    if report is not None:
+        extra[REPORT_KEYWORD] = report
     _synchronize(weight.device)
     start = time.perf_counter()
     try:
@@ -98,7 +103,7 @@ def checked_placement(output, weight: torch.Tensor, scenario: Scenario):
 
 
 def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int,
-         prev_phy2log: torch.Tensor | None = None):
+         prev_phy2log: torch.Tensor | None = None, report: dict | None = None):
     """Plan on one window, timed `repeat` times; return (placement, list of seconds).
 
     Args:
@@ -108,7 +113,7 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
     gets the window with its experts rotated by k places (and the previous placement
     renumbered to match): the same loads and the same work, but an input no cache of
     earlier answers can serve. Every call's input is checked for changes and every
-    output validated.
+    output validated. `report`, when given, goes to the first call (see timed_call).
     """
     placement, seconds = None, []
     num_logical = weight.shape[-1]
@@ -116,7 +121,7 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
         source = weight if attempt == 0 else weight.roll(attempt, dims=-1)
         given = source.clone()
         previous = None if prev_phy2log is None else (prev_phy2log + attempt) % num_logical
-        output, elapsed = timed_call(info, given, scenario, previous)
+        output, elapsed = timed_call(info, given, scenario, previous, report if attempt == 0 else None)
         seconds.append(elapsed)
         if not torch.equal(given, source):
             raise BalancerFailure("invalid", "balancer modified its input weight")
@@ -161,6 +166,10 @@ def base_record(job: Job, repeat: int) -> dict:
         "balancedness_node": None,
         "internode_share": None,
         "migrated_replicas": None,
+        "balancedness_ceiling": None,
+        "optimality_gap": None,
+        "bound_policy": None,
+        "balancer_report": None,
         "prev_placement": "passed" if passes_previous(job) else ("off" if not job.migration else "not accepted"),
         "computed_on": computed_on(job),
         "runtime_ms": None,
@@ -176,6 +185,11 @@ def base_record(job: Job, repeat: int) -> dict:
 def accepts_previous(info: AlgorithmInfo) -> bool:
     """Whether the balancer's signature names the optional prev_phy2log keyword."""
     return PREVIOUS_PLACEMENT_KEYWORD in info.accepts
+
+
+def accepts_report(info: AlgorithmInfo) -> bool:
+    """Whether the balancer's signature names the optional `report` keyword."""
+    return REPORT_KEYWORD in info.accepts
 
 
 def passes_previous(job: Job) -> bool:
@@ -209,7 +223,10 @@ def run_job(job: Job, repeat: int = 1) -> dict:
     scenario = job.scenario
     windows = job.dataset.windows.to(job.device)
     planned = predicted_windows(windows, job.predictor)
-    next_window, in_sample, shares, seconds, migrated = [], [], [], [], []
+    next_window, in_sample, shares, seconds, migrated, reports, bounded = [], [], [], [], [], [], []
+    lower = stored_lower_bounds(job.dataset, scenario)
+    if lower is not None and bool(lower[:-1].isnan().any()):
+        lower = None  # bounds for some in-sample window are missing
     window, previous = None, None
     routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
     try:
@@ -217,7 +234,10 @@ def run_job(job: Job, repeat: int = 1) -> dict:
         timed_call(job.algorithm, planned[0].flip(-1).contiguous(), scenario)
         for window in range(windows.shape[0] - 1):
             handed = previous if passes_previous(job) else None
-            placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat, handed)
+            report = {} if accepts_report(job.algorithm) else None
+            placement, elapsed = plan(job.algorithm, planned[window], scenario, repeat, handed, report)
+            if report is not None:
+                reports.append(report)
             seconds.extend(elapsed)
             phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
             if previous is not None:
@@ -225,6 +245,9 @@ def run_job(job: Job, repeat: int = 1) -> dict:
             previous = phy2log
             next_window.append(placement_metrics(windows[window + 1], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
             in_sample.append(placement_metrics(windows[window], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes))
+            if lower is not None:
+                bounded.append(bound_metrics(windows[window], phy2log, logcnt, scenario.num_gpus,
+                                             lower[window].to(windows.device)))
             shares.append(internode_share(windows[window + 1], phy2log, logcnt, scenario.num_nodes, *routing))
     except BalancerFailure as failure:
         record["status"] = failure.status
@@ -243,6 +266,10 @@ def run_job(job: Job, repeat: int = 1) -> dict:
         balancedness_node=_mean([m["balancedness_node"] for m in next_window]),
         internode_share=_mean(shares),
         migrated_replicas=_mean(migrated) if migrated else None,
+        balancedness_ceiling=_mean([m["balancedness_ceiling"] for m in bounded]) if bounded else None,
+        optimality_gap=_mean([m["optimality_gap"] for m in bounded]) if bounded else None,
+        bound_policy="global" if bounded else None,
+        balancer_report=reports or None,
         runtime_ms=median * 1e3,
     )
     record["scores"] = all_scores(record, median)

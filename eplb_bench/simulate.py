@@ -104,3 +104,26 @@ def placement_metrics(
         "balancedness_slot": balancedness(slots),
         "balancedness_node": balancedness(node_loads(slots, num_nodes)),
     }
+
+
+def bound_metrics(weight: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor, num_gpus: int,
+                  lower_bound: torch.Tensor) -> dict[str, float]:
+    """How a placement compares with proven lower bounds on the peak GPU load.
+
+    Args:
+        weight: [num_layers, num_logical]; phy2log: [num_layers, num_replicas];
+        logcnt: [num_layers, num_logical]; lower_bound: [num_layers], positive where
+        the layer has load.
+    Returns:
+        balancedness_ceiling: sum of mean GPU loads / sum of bounds, the best GPU
+        balancedness any placement could reach; optimality_gap: sum of peaks / sum
+        of bounds - 1 (0 means proven optimal).
+    """
+    loads = gpu_loads(slot_loads(weight, phy2log, logcnt), num_gpus)
+    bound = float(lower_bound.double().sum())
+    if bound <= 0.0:
+        return {"balancedness_ceiling": 1.0, "optimality_gap": 0.0}
+    return {
+        "balancedness_ceiling": float(loads.mean(-1).sum()) / bound,
+        "optimality_gap": float(loads.max(-1).values.sum()) / bound - 1.0,
+    }
