@@ -27,6 +27,7 @@ from eplb_bench import register
 from eplb_bench.bounds import MAX_VARIABLES, hierarchical_applies, model_variables, simple_bounds, solve_layer
 
 from .fast import rebalance_experts as fast_placement
+from .fast import slots_of_experts
 
 TIME_LIMIT = 5.0
 
@@ -35,20 +36,6 @@ def gpu_peaks(weight: np.ndarray, phy2log: np.ndarray, logcnt: np.ndarray, num_g
     """weight: [L, E]; phy2log: [L, R]; logcnt: [L, E] -> [L] heaviest GPU load."""
     slot_load = np.take_along_axis(weight / np.maximum(logcnt, 1), phy2log, 1)
     return slot_load.reshape(weight.shape[0], num_gpus, -1).sum(-1).max(-1)
-
-
-def expert_slots(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
-    """log2phy: [L, E, logcnt.max()], each expert's slots in increasing order, -1 padded."""
-    num_layers, num_replicas = phy2log.shape
-    width = int(logcnt.max())
-    by_expert = torch.sort(phy2log * num_replicas + torch.arange(num_replicas), dim=-1)
-    slots = by_expert.values % num_replicas
-    experts = by_expert.values // num_replicas
-    first = (logcnt.cumsum(-1) - logcnt).gather(1, experts)
-    rank = torch.arange(num_replicas) - first
-    log2phy = torch.full((num_layers, logcnt.shape[1] * width), -1, dtype=torch.int64)
-    log2phy.scatter_(1, experts * width + rank, slots)
-    return log2phy.view(num_layers, -1, width)
 
 
 @register("ilp", description="exact per-layer MILP (scipy/HiGHS) within a time limit; slow, runs only when named",
@@ -96,4 +83,4 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
         report.update(policy=policy, time_limit_s=time_limit, layers=loads.shape[0], **outcome,
                       max_gap=float(max(gaps)), mean_gap=float(np.mean(gaps)))
     phy2log_t, logcnt_t = torch.from_numpy(phy2log), torch.from_numpy(logcnt)
-    return phy2log_t.to(device), expert_slots(phy2log_t, logcnt_t).to(device), logcnt_t.to(device)
+    return phy2log_t.to(device), slots_of_experts(phy2log_t, logcnt_t).to(device), logcnt_t.to(device)

@@ -21,6 +21,7 @@ __all__ = [
     "list_algorithms",
     "load_algorithm_file",
     "load_dataset",
+    "lower_bound",
     "register",
     "validate_placement",
 ]
@@ -32,4 +33,8 @@ def __getattr__(name):
         from . import datasets
 
         return getattr(datasets, name)
+    if name == "lower_bound":  # scipy loads only when bounds are asked for
+        from .bounds import lower_bound
+
+        return lower_bound
     raise AttributeError(name)
