@@ -23,6 +23,7 @@ from .datasets import (
 )
 from .bound_store import bound_summary, compute_bounds
 from .bounds import MAX_VARIABLES
+from .regression_gate import MEMORY_FACTOR, TIME_FACTOR, TRACK_THRESHOLD, GateError, format_gate, gate
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
 from .runner import Job, run_jobs
@@ -79,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--max-variables", type=int, default=MAX_VARIABLES,
                         help=f"largest MILP handed to the solver, in integer variables (default {MAX_VARIABLES})")
     bounds.add_argument("--force", action="store_true", help="recompute bounds already stored")
+    gate = commands.add_parser("gate", help="compare two commits' asv results; exit 1 when HEAD is worse")
+    gate.add_argument("base", help="the commit to compare against (branch, tag or hash)")
+    gate.add_argument("head", nargs="?", default="HEAD", help="the commit under review (default HEAD)")
+    gate.add_argument("--track-threshold", type=float, default=TRACK_THRESHOLD,
+                      help=f"allowed growth of a quality track, relative (absolute below 1) (default {TRACK_THRESHOLD})")
+    gate.add_argument("--time-factor", type=float, default=TIME_FACTOR,
+                      help=f"allowed factor on a time (default {TIME_FACTOR})")
+    gate.add_argument("--memory-factor", type=float, default=MEMORY_FACTOR,
+                      help=f"allowed factor on a peak memory (default {MEMORY_FACTOR})")
+    gate.add_argument("--bench", action="append", default=[], metavar="REGEX",
+                      help="only the benchmarks matching this (repeatable), as in asv run --bench")
+    gate.add_argument("--quick", action="store_true", help="asv run --quick: one sample per time")
+    gate.add_argument("--machine", help="asv machine name (default: asv's, the host name)")
+    gate.add_argument("--config", default="asv.conf.json", help="asv configuration (default asv.conf.json)")
+    gate.add_argument("--rerun", action="store_true", help="record both commits again even if results exist")
+    gate.add_argument("--compare-only", action="store_true", help="never run asv; compare the stored results")
     data = commands.add_parser("datasets", help="list, show, verify and import datasets")
     data_commands = data.add_subparsers(dest="datasets_command", parser_class=Parser)
     data_commands.add_parser("list", help="every shipped dataset (the default)")
@@ -376,6 +393,22 @@ def datasets_import(args) -> int:
     return 0
 
 
+def command_gate(args) -> int:
+    for name in ("track_threshold", "time_factor", "memory_factor"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    try:
+        changes, summary = gate(args.base, args.head, config=args.config, machine=args.machine, bench=args.bench,
+                                quick=args.quick, rerun=args.rerun, compare_only=args.compare_only,
+                                track_threshold=args.track_threshold, time_factor=args.time_factor,
+                                memory_factor=args.memory_factor)
+    except GateError as exc:
+        print(f"eplb-bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_gate(changes, summary, args.track_threshold, args.time_factor, args.memory_factor))
+    return 1 if changes else 0
+
+
 DATASETS_COMMANDS = {"list": datasets_list, "show": datasets_show, "verify": datasets_verify, "import": datasets_import}
 
 
@@ -390,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             args = build_parser().parse_args(["run", *argv])
         handler = {"list": command_list, "run": command_run, "datasets": command_datasets,
-                   "bench-speed": command_bench_speed, "bounds": command_bounds}[args.command]
+                   "bench-speed": command_bench_speed, "bounds": command_bounds, "gate": command_gate}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

@@ -1,0 +1,162 @@
+"""The asv suite: balance and speed of every registered balancer on every standard dataset.
+
+Each dataset is benchmarked on its default scenario (the first of its manifest).
+Quality tracks do not depend on the machine and asv reads lower as better, so
+they are imbalances (max / mean >= 1), shares and gaps, never balancedness.
+Quality is computed once per run, in setup_cache; a balancer that raises or
+returns an invalid placement fails the benchmarks of its own parameters only.
+
+EPLB_BENCH_ASV_BALANCERS (comma-separated registered names or .py files) replaces
+the default list of balancers: every registered one but the slow ones (`ilp`).
+EPLB_BENCH_ASV_DATASETS (comma-separated names or manifests) replaces the default
+list of datasets: every shipped one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from eplb_bench import list_algorithms, load_dataset
+from eplb_bench.datasets import shipped_names
+from eplb_bench.registry import algorithm_info, file_algorithm_info
+from eplb_bench.runner import BalancerFailure, Job, checked_placement, run_job
+
+try:  # asv >= 0.6 skips a benchmark that raises this after its setup
+    from asv_runner.benchmarks.mark import SkipNotImplemented
+except ImportError:  # outside asv
+    SkipNotImplemented = NotImplementedError
+
+QUALITY_VERSION = "1"
+SPEED_VERSION = "1"
+
+
+def chosen(variable: str) -> list[str]:
+    return [name.strip() for name in os.environ.get(variable, "").split(",") if name.strip()]
+
+
+def balancer_info(name: str):
+    return file_algorithm_info(name) if name.endswith(".py") else algorithm_info(name)
+
+
+BALANCERS = chosen("EPLB_BENCH_ASV_BALANCERS") or list_algorithms(include_slow=False)
+DATASETS = chosen("EPLB_BENCH_ASV_DATASETS") or shipped_names()
+
+
+def quality_of(balancer: str, dataset_name: str) -> dict:
+    """The quality numbers of one balancer on a dataset's default scenario, or its failure."""
+    dataset = load_dataset(dataset_name)
+    try:
+        record = run_job(Job(balancer_info(balancer), dataset, dataset.scenarios[0]))
+    except Exception as exc:  # an unloadable balancer fails its own parameters only
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    if record["status"] != "ok":
+        return {"status": record["status"], "error": record["error"]}
+    return {
+        "status": "ok",
+        "gpu_imbalance_next": 1 / record["balancedness_gpu"],
+        "gpu_imbalance_insample": 1 / record["balancedness_gpu_insample"],
+        "slot_imbalance_next": 1 / record["balancedness_slot"],
+        "internode_share": record["internode_share"],
+        "optimality_gap": record["optimality_gap"],
+    }
+
+
+def _tracked(key: str, unit: str):
+    def track(self, quality, balancer, dataset):
+        result = quality[(balancer, dataset)]
+        if result["status"] != "ok":
+            raise RuntimeError(f"{balancer} on {dataset}: {result['status']}: {result['error']}")
+        if result[key] is None:
+            raise SkipNotImplemented(f"no {key} for {dataset}")
+        return result[key]
+
+    track.unit = unit
+    track.version = QUALITY_VERSION
+    track.__name__ = f"track_{key}"
+    return track
+
+
+class Quality:
+    """Balance on the next window and in-sample, locality and the optimality gap."""
+
+    params = (BALANCERS, DATASETS)
+    param_names = ["balancer", "dataset"]
+    timeout = 1800
+
+    def setup_cache(self):
+        return {(balancer, dataset): quality_of(balancer, dataset) for balancer in BALANCERS for dataset in DATASETS}
+
+    setup_cache.timeout = 1800
+
+    track_gpu_imbalance_next = _tracked("gpu_imbalance_next", "max/mean")
+    track_gpu_imbalance_insample = _tracked("gpu_imbalance_insample", "max/mean")
+    track_slot_imbalance_next = _tracked("slot_imbalance_next", "max/mean")
+    track_internode_share = _tracked("internode_share", "share of dispatches")
+    track_optimality_gap = _tracked("optimality_gap", "peak/bound - 1")
+
+
+def prepared_call(balancer: str, dataset_name: str, device: str):
+    """A function that rebalances the dataset's window 0 once; its output is checked
+    here, so that a balancer returning garbage fails its benchmark."""
+    dataset = load_dataset(dataset_name)
+    scenario = dataset.scenarios[0]
+    weight = dataset.windows[0].to(device)
+    function = balancer_info(balancer).function
+    arguments = (scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus)
+    try:
+        checked_placement(function(weight.clone(), *arguments), weight, scenario)
+    except BalancerFailure as failure:
+        raise RuntimeError(f"{balancer} on {dataset_name}: {failure.status}: {failure}") from None
+
+    def call():
+        function(weight.clone(), *arguments)
+        if weight.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return call
+
+
+class Rebalance:
+    """One rebalance of window 0 on the CPU: its time and peak memory."""
+
+    params = (BALANCERS, DATASETS)
+    param_names = ["balancer", "dataset"]
+    number = 1
+    repeat = (1, 5, 30.0)
+    warmup_time = 0
+    timeout = 600
+    version = SPEED_VERSION
+
+    def setup(self, balancer, dataset):
+        self.call = prepared_call(balancer, dataset, "cpu")
+
+    def time_rebalance_cpu(self, balancer, dataset):
+        self.call()
+
+    def peakmem_rebalance_cpu(self, balancer, dataset):
+        self.call()
+
+
+class RebalanceCuda:
+    """One rebalance on CUDA, synchronized; skipped where there is no GPU."""
+
+    params = (BALANCERS, DATASETS)
+    param_names = ["balancer", "dataset"]
+    number = 1
+    repeat = (1, 5, 30.0)
+    warmup_time = 0
+    timeout = 600
+    version = SPEED_VERSION
+
+    def setup(self, balancer, dataset):
+        if not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        self.call = prepared_call(balancer, dataset, "cuda")
+
+    def time_rebalance_cuda(self, balancer, dataset):
+        self.call()
+
+
+__all__ = ["Quality", "Rebalance", "RebalanceCuda"]
