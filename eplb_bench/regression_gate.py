@@ -152,9 +152,9 @@ def default_machine() -> str:
 
 def ensure_machine(machine: str) -> None:
     """Create asv's machine entry with detected defaults when it is missing."""
-    from asv.machine import Machine
+    from asv.machine import MachineCollection
 
-    path = Path(Machine.get_machine_file_path())
+    path = Path(MachineCollection.get_machine_file_path())
     known = json.loads(path.read_text()) if path.exists() else {}
     if machine not in known:
         subprocess.run([sys.executable, "-m", "asv", "machine", "--yes", "--machine", machine], check=True,
