@@ -11,6 +11,7 @@ import torch
 from eplb_bench import bounds, get_algorithm, list_algorithms, load_dataset, validate_placement
 from eplb_bench.bound_store import bound_summary, compute_bounds
 from eplb_bench.cli import main
+from eplb_bench_algorithms.ilp import groups_on_one_node
 from eplb_bench.datasets import datasets_dir, scenario_key, shipped_names, stored_lower_bounds
 
 
@@ -121,7 +122,7 @@ def test_lower_bound_rejects_bad_input():
         bounds.lower_bound(-torch.ones(1, 4), 4, 1, 1, 2)
 
 
-def test_ilp_on_a_standard_dataset_is_valid_and_no_worse_than_its_start():
+def test_ilp_on_a_standard_dataset_is_valid_and_no_worse_than_its_starts():
     dataset = load_dataset("gpt-oss-120b")
     scenario = dataset.scenarios[0]
     weight = dataset.windows[0][:2].double()
@@ -131,9 +132,10 @@ def test_ilp_on_a_standard_dataset_is_valid_and_no_worse_than_its_start():
                                                      report=report)
     validate_placement(phy2log, log2phy, logcnt, num_logical=dataset.num_logical,
                        num_replicas=scenario.num_replicas, num_gpus=scenario.num_gpus, num_layers=2)
-    start = get_algorithm("fast")(weight.float(), scenario.num_replicas, scenario.num_groups, scenario.num_nodes,
-                                  scenario.num_gpus)
-    assert bool((peak_of(weight, phy2log, logcnt, 8) <= peak_of(weight, start[0], start[2], 8) + 1e-6).all())
+    for start in ("fast", "deepseek", "refined_packing"):
+        other = get_algorithm(start)(weight.float(), scenario.num_replicas, scenario.num_groups, scenario.num_nodes,
+                                     scenario.num_gpus)
+        assert bool((peak_of(weight, phy2log, logcnt, 8) <= peak_of(weight, other[0], other[2], 8) + 1e-6).all())
     assert report["layers"] == 2 and report["max_gap"] >= 0 and report["policy"] == "global"
     assert report["optimal"] + report["time_limit"] == 2
 
@@ -242,3 +244,28 @@ def test_bounds_command_rejects_bad_arguments(small_dataset, capsys):
     assert main(["bounds", "--datasets", str(small_dataset), "--executor", "tcp://x:1"]) == 2
     assert main(["bounds", "--datasets", str(small_dataset), "--jobs", "0"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_ilp_keeps_groups_on_nodes_and_beats_its_hierarchical_starts():
+    dataset = load_dataset("deepseek-v2-lite")
+    scenario = dataset.scenarios[0]
+    weight = dataset.windows[0][:2].double()
+    arguments = (scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus)
+    report = {}
+    phy2log, log2phy, logcnt = get_algorithm("ilp")(weight, *arguments, time_limit=0.2, report=report)
+    validate_placement(phy2log, log2phy, logcnt, num_logical=dataset.num_logical,
+                       num_replicas=scenario.num_replicas, num_gpus=scenario.num_gpus, num_layers=2)
+    assert report["policy"] == "hierarchical"
+    assert groups_on_one_node(phy2log.numpy(), dataset.num_logical, scenario.num_groups, scenario.num_nodes).all()
+    peak = peak_of(weight, phy2log, logcnt, scenario.num_gpus)
+    for start in ("deepseek", "refined_packing"):
+        other = get_algorithm(start)(weight, *arguments)
+        assert bool((peak <= peak_of(weight, other[0], other[2], scenario.num_gpus) + 1e-9).all())
+
+
+def test_groups_on_one_node_by_hand():
+    # 4 experts in 2 groups ({0, 1}, {2, 3}), 2 nodes of 2 slots each.
+    kept = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [0, 0, 2, 3]])
+    split = np.array([[0, 2, 1, 3], [0, 1, 2, 1]])
+    assert groups_on_one_node(kept, 4, 2, 2).tolist() == [True, True, True]   # row 3: expert 1 absent is fine
+    assert groups_on_one_node(split, 4, 2, 2).tolist() == [False, False]
