@@ -24,6 +24,8 @@ from .datasets import (
 from .bound_store import bound_summary, compute_bounds
 from .bounds import MAX_VARIABLES
 from .regression_gate import MEMORY_FACTOR, TIME_FACTOR, TRACK_THRESHOLD, GateError, format_gate, gate
+from .evaluate import evaluate_program, format_summary, summary
+from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STARTUP_SECONDS
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
 from .runner import Job, run_jobs
@@ -62,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="append JSON records to this file as they finish")
     run.add_argument("--no-migration", action="store_true",
                      help="do not pass the previous placement (prev_phy2log=) to balancers that accept it")
+    run.add_argument("--resume", action="store_true",
+                     help="skip what the --out file already holds (its records join the tables)")
+    evaluate = commands.add_parser("evaluate", help="score a program file in a separate, confined process")
+    evaluate.add_argument("program", help="a .py file that defines rebalance_experts (the OpenEvolve/ADRS form)")
+    evaluate.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
+    evaluate.add_argument("--replicas", type=int, help="physical slots (overrides the datasets' scenarios)")
+    evaluate.add_argument("--groups", type=int, help="expert groups (default: the dataset's)")
+    evaluate.add_argument("--nodes", type=int, help="nodes (default 1)")
+    evaluate.add_argument("--gpus", type=int, help="GPUs")
+    evaluate.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                          help=f"seconds per call, and for loading the program at least {STARTUP_SECONDS:g} "
+                               f"(default {DEFAULT_TIMEOUT:g})")
+    evaluate.add_argument("--memory", type=float, default=DEFAULT_MEMORY_MB,
+                          help=f"MiB the program may allocate beyond torch's own (default {DEFAULT_MEMORY_MB})")
+    evaluate.add_argument("--scorer", default=DEFAULT_SCORER, choices=sorted(SCORERS), help="ranking score")
+    evaluate.add_argument("--json", action="store_true", help="one JSON record per line, then a summary record")
     speed = commands.add_parser("bench-speed", help="median runtimes and ratios of balancers, in one process")
     speed.add_argument("--algorithms", default=",".join(DEFAULT_SPEED_ALGORITHMS),
                        help="comma-separated balancer names or .py files (default: deepseek,seed,fast)")
@@ -189,6 +207,72 @@ def command_list(args) -> int:
     return 0
 
 
+def record_key(record: dict) -> tuple:
+    """What makes two records the same measurement, for --resume."""
+    return (record["algorithm"], record["dataset"], record["num_replicas"], record["num_groups"], record["num_nodes"],
+            record["num_gpus"], record["device"], record.get("predictor", "last"), record.get("prev_placement") == "off")
+
+
+def job_key(job: Job) -> tuple:
+    scenario = job.scenario
+    return (job.algorithm.name, job.dataset.name, scenario.num_replicas, scenario.num_groups, scenario.num_nodes,
+            scenario.num_gpus, job.device, job.predictor.label(), not job.migration)
+
+
+def ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def finished_records(path: str) -> list[dict]:
+    """The records an earlier run appended to `path`; a line cut short by a kill is skipped."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                record_key(record)
+            except (ValueError, KeyError, TypeError):
+                print(f"eplb-bench: warning: {path}:{number}: not a complete record, run again", file=sys.stderr)
+                continue
+            records.append(record)
+    return records
+
+
+def command_evaluate(args) -> int:
+    if not args.program.endswith(".py"):
+        raise UsageError(f"the program must be a .py file, got {args.program!r}")
+    if not os.path.isfile(args.program):
+        raise UsageError(f"no such program file: {args.program}")
+    if not args.timeout > 0 or not args.memory > 0:
+        raise UsageError("--timeout and --memory must be positive")
+    datasets = resolve_datasets(args.datasets)
+    override = scenario_override(args)
+    targets = [(dataset, scenario) for dataset in datasets for scenario in scenarios_for(dataset, override)]
+    records = []
+    for record in evaluate_program(args.program, targets, timeout=args.timeout, memory_mb=args.memory):
+        records.append(record)
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            reason = "" if record["status"] == "ok" else f": {record['error']}"
+            print(f"  {record['dataset']} {record.get('scenario') or ''}: {record['status']}{reason}",
+                  file=sys.stderr, flush=True)
+    result = summary(records)
+    if args.json:
+        print(json.dumps({"summary": result}))
+    else:
+        print(format_table(records, args.scorer))
+        print()
+        print(format_summary(result))
+    return 0
+
+
 def command_run(args) -> int:
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
@@ -208,8 +292,18 @@ def command_run(args) -> int:
         for scenario in scenarios_for(dataset, override)
         for info in algorithms
     ]
-    out = open(args.out, "a") if args.out else None
     records = []
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out FILE")
+        records = finished_records(args.out)
+        done = {record_key(record) for record in records}
+        jobs = [job for job in jobs if job_key(job) not in done]
+        print(f"eplb-bench: resuming: {len(records)} record(s) in {args.out}, {len(jobs)} job(s) to run",
+              file=sys.stderr)
+    out = open(args.out, "a") if args.out else None
+    if out and out.tell() > 0 and not ends_with_newline(args.out):
+        out.write("\n")  # after a line cut short by a kill
     try:
         for record in run_jobs(jobs, repeat=args.repeat):
             records.append(record)
@@ -423,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             args = build_parser().parse_args(["run", *argv])
         handler = {"list": command_list, "run": command_run, "datasets": command_datasets,
-                   "bench-speed": command_bench_speed, "bounds": command_bounds, "gate": command_gate}[args.command]
+                   "bench-speed": command_bench_speed, "bounds": command_bounds, "gate": command_gate,
+                   "evaluate": command_evaluate}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

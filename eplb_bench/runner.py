@@ -29,7 +29,8 @@ from .simulate import bound_metrics, internode_share, placement_metrics
 
 
 class BalancerFailure(Exception):
-    """A balancer raised or misbehaved; `status` is 'error' or 'invalid'."""
+    """A balancer raised or misbehaved; `status` is 'error' or 'invalid' (and, for a
+    program in a separate process, 'timeout', 'crash' or 'memory')."""
 
     def __init__(self, status: str, message: str):
         super().__init__(message)
@@ -77,11 +78,14 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, pr
             weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus, **extra
         )
         _synchronize(weight.device)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BalancerFailure):
         raise
     except BaseException as exc:  # untrusted code, SystemExit included: record, never crash
         raise BalancerFailure("error", f"{type(exc).__name__}: {exc}") from None
-    return output, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    # A balancer in another process (eplb_bench.sandbox) reports its own time, without the transfer.
+    measured = getattr(info.function, "last_call_seconds", None)
+    return output, elapsed if measured is None else measured
 
 
 def checked_placement(output, weight: torch.Tensor, scenario: Scenario):
