@@ -36,7 +36,9 @@ def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float 
             record = run_job(Job(info, dataset, scenario))
         finally:
             info.function.close()
-        record["isolated"] = {"timeout_s": timeout, "memory_mb": memory_mb}
+        trips = info.function.roundtrip_seconds
+        record["isolated"] = {"timeout_s": timeout, "memory_mb": memory_mb,
+                              "roundtrip_ms": statistics.median(trips) * 1e3 if trips else None}
         yield record
 
 

@@ -14,7 +14,9 @@ its own status and a one-line reason:
 - `invalid`: the output is not three arrays (the runner validates the rest).
 
 `last_call_seconds` holds the child's own measurement of the last call: the
-balancer alone, without the transfer.
+balancer alone, without the transfer. The child's clock is the program's to tamper
+with (it shares the process), so `roundtrip_seconds` keeps the parent's own
+measurement of every call, transfer included, as a check on it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class IsolatedProgram:
         self.memory_mb = memory_mb
         self.threads = threads or torch.get_num_threads()
         self.last_call_seconds: float | None = None
+        self.roundtrip_seconds: list[float] = []
         self.process: subprocess.Popen | None = None
         self.workdir: tempfile.TemporaryDirectory | None = None
         self.stderr = None
@@ -193,12 +196,14 @@ class IsolatedProgram:
         self.last_call_seconds = None
         message = encode({"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus]},
                          [weight.detach().cpu().numpy()])
+        started = time.perf_counter()
         try:
             self.process.stdin.write(message)
             self.process.stdin.flush()
         except BrokenPipeError:
             raise BalancerFailure("crash", self.death()) from None
         header, arrays = self.receive(self.timeout)
+        self.roundtrip_seconds.append(time.perf_counter() - started)
         if header.get("status") != "ok":
             raise BalancerFailure(header.get("status", "invalid"), header.get("reason", "no reason given"))
         if len(arrays) != 3:

@@ -44,7 +44,7 @@ def cheat_program(data_folder: str) -> str:
     """Looks for the next window on the call stack, then in the dataset files and the
     harness's memory; raises with what it found or why it could not."""
     return (
-        "import glob, inspect, os\nimport numpy as np\nimport torch\n" + SIGNATURE +
+        "import ctypes, glob, inspect, os\nimport numpy as np\nimport torch\n" + SIGNATURE +
         "    for frame in inspect.stack():\n"
         "        for value in list(frame.frame.f_locals.values()):\n"
         "            if isinstance(value, (torch.Tensor, np.ndarray)) and tuple(value.shape) == tuple(weight.shape) \\\n"
@@ -54,14 +54,15 @@ def cheat_program(data_folder: str) -> str:
         f"    for attempt in (lambda: glob.glob({data_folder!r} + '/*.npz'),\n"
         f"                    lambda: open({data_folder!r} + '/mixtral-8x7b.json').read(),\n"
         "                    lambda: open(f'/proc/{os.getppid()}/environ', 'rb').read(),\n"
-        "                    lambda: os.listdir('/work')):\n"
+        "                    lambda: os.listdir('/work'),\n"
+        "                    lambda: __import__('ctypes').CDLL(None)):\n"
         "        try:\n"
         "            found = attempt()\n"
         "        except PermissionError as exc:\n"
-        "            attempts.append(str(exc))\n"
+        "            attempts.append('refused' if 'eplb-bench sandbox' in str(exc) else str(exc)[:60])\n"
         "        else:\n"
         "            raise RuntimeError(f'CHEATED: {str(found)[:80]}')\n"
-        "    raise RuntimeError('; '.join(attempts))\n"
+        "    raise RuntimeError(','.join(attempts))\n"
     )
 
 
@@ -98,7 +99,7 @@ def test_a_cheating_program_finds_neither_the_next_window_nor_the_data(program):
     [record] = evaluate_program(path, targets("mixtral-8x7b"), timeout=10)
     assert record["status"] == "error"
     assert "CHEATED" not in record["error"]
-    assert record["error"].count("eplb-bench sandbox") >= 3, record["error"]
+    assert record["error"].endswith("RuntimeError: refused,refused,refused,refused,refused"), record["error"]
     # The same program in the harness's own process reaches the data: the confinement is what stops it.
     in_process = run_job(Job(file_algorithm_info(path), load_dataset("mixtral-8x7b"),
                              load_dataset("mixtral-8x7b").scenarios[0]))
@@ -116,7 +117,7 @@ def test_a_good_program_scores_as_it_does_in_process(program):
                     "migrated_replicas", "optimality_gap"):
             assert record[key] == local[key], key
         assert record["scores"] == all_scores(local, record["runtime_ms"] / 1e3)
-        assert 0 < record["runtime_ms"] < 1000
+        assert 0 < record["runtime_ms"] < record["isolated"]["roundtrip_ms"] < 1000
 
 
 def test_statuses_of_datasets_already_scored_are_kept(program):
