@@ -24,6 +24,7 @@ from .datasets import (
 from .bound_store import bound_summary, compute_bounds
 from .bounds import MAX_VARIABLES
 from .regression_gate import MEMORY_FACTOR, TIME_FACTOR, TRACK_THRESHOLD, GateError, format_gate, gate
+from .leaderboard import ResultsError, load_records, write_leaderboard
 from .evaluate import evaluate_program, format_summary, summary
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STARTUP_SECONDS
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--max-variables", type=int, default=MAX_VARIABLES,
                         help=f"largest MILP handed to the solver, in integer variables (default {MAX_VARIABLES})")
     bounds.add_argument("--force", action="store_true", help="recompute bounds already stored")
+    board = commands.add_parser("leaderboard", help="Markdown, HTML and PNG plots from result files")
+    board.add_argument("results", nargs="+", metavar="RESULTS.jsonl", help="files written by run --out")
+    board.add_argument("--out", default="leaderboard", help="output folder (default ./leaderboard)")
+    board.add_argument("--scorer", default=DEFAULT_SCORER, choices=sorted(SCORERS),
+                       help=f"the ranking score (default {DEFAULT_SCORER}); every scorer is shown")
     gate = commands.add_parser("gate", help="compare two commits' asv results; exit 1 when HEAD is worse")
     gate.add_argument("base", help="the commit to compare against (branch, tag or hash)")
     gate.add_argument("head", nargs="?", default="HEAD", help="the commit under review (default HEAD)")
@@ -242,6 +248,19 @@ def finished_records(path: str) -> list[dict]:
                 continue
             records.append(record)
     return records
+
+
+def command_leaderboard(args) -> int:
+    try:
+        records = load_records(args.results)
+    except ResultsError as exc:
+        print(f"eplb-bench: error: {exc}", file=sys.stderr)
+        return 1
+    written = write_leaderboard(records, args.out, scorer=args.scorer)
+    print(f"{len(records)} record(s) from {len(args.results)} file(s), ranked by {args.scorer}:")
+    for path in written.values():
+        print(f"  {path}")
+    return 0
 
 
 def command_evaluate(args) -> int:
@@ -518,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(["run", *argv])
         handler = {"list": command_list, "run": command_run, "datasets": command_datasets,
                    "bench-speed": command_bench_speed, "bounds": command_bounds, "gate": command_gate,
-                   "evaluate": command_evaluate}[args.command]
+                   "evaluate": command_evaluate, "leaderboard": command_leaderboard}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"eplb-bench: error: {exc}", file=sys.stderr)

@@ -59,14 +59,16 @@ class Table(NamedTuple):
 # ---------------------------------------------------------------- reading records
 
 
-def _parse_line(text: str, where: str) -> dict:
-    """One JSON line as a record, or ResultsError naming `where` (FILE:LINE)."""
+def _parse_line(text: str, where: str) -> dict | None:
+    """One JSON line as a record (None for an evaluate summary), or ResultsError naming `where` (FILE:LINE)."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(record, dict):
         raise ResultsError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if set(record) == {"summary"}:
+        return None  # the last line of `evaluate --json`
     missing = [field for field in REQUIRED_FIELDS if field not in record]
     if missing:
         raise ResultsError(f"{where}: record lacks {', '.join(missing)}")
@@ -88,7 +90,8 @@ def record_identity(record: dict) -> tuple:
 
 
 def load_records(paths: Iterable[str | Path]) -> list[dict]:
-    """Records of the given .jsonl files, in file order; blank lines are skipped.
+    """Records of the given .jsonl files, in file order; blank lines and the summary
+    line of `evaluate --json` are skipped.
 
     A line that is not a JSON object with at least algorithm, dataset and status, or
     a file that cannot be read, raises ResultsError ("FILE:LINE: reason"). When one
@@ -100,6 +103,8 @@ def load_records(paths: Iterable[str | Path]) -> list[dict]:
             if not text.strip():
                 continue
             record = _parse_line(text, f"{path}:{number}")
+            if record is None:
+                continue
             identity = record_identity(record)
             latest.pop(identity, None)
             latest[identity] = record
@@ -263,7 +268,7 @@ def standings_tables(rows: list[dict], scorer: str) -> list[Table]:
         if incomplete:
             failures = "; ".join(f"{row['algorithm']}: {', '.join(row['failures']) or 'not run everywhere'}"
                                  for row in incomplete)
-            note = f"* incomplete. {INCOMPLETE_RULE} Failures: {failures}."
+            note = f"Ranks marked * are incomplete. {INCOMPLETE_RULE} Failures: {failures}."
         tables.append(Table(f"Standings on {machine}, ranked by {scorer}", header, body, note,
                             "standings" if not tables else f"standings-{len(tables) + 1}"))
     return tables
@@ -379,6 +384,8 @@ def _no_results(ax, text: str = "no scored results") -> None:
 
 
 MACHINE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+CEILING_LABEL = "ILP ceiling (proven best in-sample)"
+FRONT_LINES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
 
 
 def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
@@ -388,6 +395,7 @@ def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
     plotted = [row for row in rows if row["balancedness_gpu"] is not None and row["runtime_ms"] is not None]
     colours = _balancer_colours(row["algorithm"] for row in plotted)
+    several = len({row["machine"] for row in plotted}) > 1
     fig, ax = plt.subplots(figsize=(9, 6))
     try:
         if not plotted:
@@ -407,11 +415,9 @@ def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
             complete = [(point, row) for point, row in zip(points, group) if row["complete"]]
             front = sorted(point for (point, _), on in zip(complete, pareto_front([p for p, _ in complete])) if on)
             if front:
-                ax.plot([x for x, _ in front], [y for _, y in front], "--", color="black", lw=1, zorder=2,
-                        label="Pareto front" + (f" ({machine})" if len(set(r["machine"] for r in plotted)) > 1
-                                                else ""))
-                ax.scatter([x for x, _ in front], [y for _, y in front], s=220, facecolors="none",
-                           edgecolors="black", linewidths=1, zorder=2)
+                ax.plot([x for x, _ in front], [y for _, y in front], color="black", lw=1, zorder=2,
+                        linestyle=FRONT_LINES[index % len(FRONT_LINES)], marker="o", markersize=15,
+                        markerfacecolor="none", label="Pareto front" + (f" ({machine})" if several else ""))
         if plotted:
             ax.set_xscale("log")
             ax.margins(x=0.15, y=0.12)
@@ -444,26 +450,31 @@ def _draw_balance_bars(ax, records: list[dict], colours: dict[str, tuple]) -> No
     names = sorted({str(r["algorithm"]) for r in records})
     width = 0.8 / len(names)
     lowest = 1.0
+    missing = []  # (x, colour) of balancers that ran and failed
     for position, group in enumerate(scenarios):
         by_name = {str(r["algorithm"]): r for r in group}
         for slot, name in enumerate(names):
-            value = by_name[name].get("balancedness_gpu_insample") if name in by_name else None
+            if name not in by_name:
+                continue  # not run on this scenario: no bar, no mark
+            value = by_name[name].get("balancedness_gpu_insample")
             x = position - 0.4 + width * (slot + 0.5)
             if value is None or not _is_scored(by_name[name]):
-                ax.text(x, 0.0, "x", ha="center", va="bottom", color=colours[name], fontsize=8)
+                missing.append((x, colours[name]))
                 continue
             ax.bar(x, value, width, color=colours[name], label=name)
             lowest = min(lowest, value)
         ceilings = [r["balancedness_ceiling"] for r in group if r.get("balancedness_ceiling") is not None]
         if ceilings:
             ax.hlines(max(ceilings), position - 0.45, position + 0.45, colors="black", linewidth=2.5, zorder=4,
-                      label="ILP ceiling (proven best in-sample)")
+                      label=CEILING_LABEL)
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels([f"{g[0]['dataset']}\n{g[0].get('scenario') or ''}".strip() for g in scenarios],
                        fontsize=8)
     ax.set_xlim(-0.6, len(scenarios) - 0.4)
     bottom = _axis_floor(lowest)
     ax.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.06)
+    for x, colour in missing:
+        ax.text(x, bottom, "x", ha="center", va="bottom", color=colour, fontsize=10, fontweight="bold")
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_ylabel("GPU balancedness, in-sample" + (f" (axis from {bottom:g})" if bottom > 0 else ""))
 
@@ -475,12 +486,14 @@ def _axis_floor(lowest: float) -> float:
 
 
 def _unique_legend(ax) -> None:
-    """A legend with each label once (bars and ceiling marks repeat per scenario)."""
+    """A legend with each label once (bars and ceiling marks repeat per scenario), the
+    ceiling first, then balancers by name."""
     handles, labels = ax.get_legend_handles_labels()
     seen = {}
     for handle, label in zip(handles, labels):
         seen.setdefault(label, handle)
-    ax.legend(seen.values(), seen.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    labels = sorted(seen, key=lambda label: (label != CEILING_LABEL, label))
+    ax.legend([seen[label] for label in labels], labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def plot_balance_by_dataset(records: list[dict], path: Path) -> Path:
@@ -491,7 +504,7 @@ def plot_balance_by_dataset(records: list[dict], path: Path) -> Path:
     panels = _bar_groups(records) if scored else []
     colours = _balancer_colours(str(r["algorithm"]) for r in records)
     scenario_count = max((len({_scenario_key(r) for r in group}) for _, group in panels), default=1)
-    width = max(9.0, 1.0 + 1.1 * scenario_count)
+    width = max(9.0, 2.5 + 1.4 * scenario_count)
     fig, axes = plt.subplots(max(len(panels), 1), 1, figsize=(width, 4.8 * max(len(panels), 1)), squeeze=False)
     try:
         if not panels:
@@ -514,7 +527,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; }
-td:nth-child(2), th:nth-child(2), td:last-child { text-align: left; }
+.text { text-align: left; }
 caption { text-align: left; font-weight: bold; padding: 0.3em 0; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
@@ -524,9 +537,10 @@ img { max-width: 100%; display: block; margin: 1em 0; }
 def html_table(table: Table) -> str:
     """A Table as an HTML <table> (every text escaped) followed by its note."""
     table_id = f' id="{html.escape(table.table_id)}"' if table.table_id else ""
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table.header)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                     for row in table.rows)
+    classes = [' class="text"' if title in LEFT_ALIGNED else "" for title in table.header]
+    head = "".join(f"<th{kind}>{html.escape(cell)}</th>" for kind, cell in zip(classes, table.header))
+    body = "\n".join("<tr>" + "".join(f"<td{kind}>{html.escape(cell)}</td>" for kind, cell in zip(classes, row))
+                     + "</tr>" for row in table.rows)
     note = f'\n<p class="note">{html.escape(table.note)}</p>' if table.note else ""
     return (f"<table{table_id}>\n<caption>{html.escape(table.title)}</caption>\n"
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>{note}")
