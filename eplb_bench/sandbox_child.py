@@ -2,9 +2,10 @@
 
 Started as `python -I sandbox_child.py PROGRAM MEMORY_BYTES SETTINGS_JSON` in an empty
 working directory. It imports torch and numpy, caps its address space at what it
-uses then plus MEMORY_BYTES, installs an audit hook that refuses file access outside
-the Python installation and its working directory (and any access under the denied
-folders, such as the datasets), processes, sockets and foreign native libraries, and
+uses then plus MEMORY_BYTES, installs an audit hook that refuses reading outside the
+Python installation and its working directory (and anything under the denied folders,
+such as the datasets), writing outside the working directory, processes, sockets and
+ctypes, and
 only then executes the program. It never imports eplb_bench: the harness's modules,
 data and memory stay in the parent, which sends one window per request.
 
@@ -27,8 +28,10 @@ import torch
 BLOCKED_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
                   "socket.connect", "socket.bind", "socket.sendto", "os.kill", "os.putenv", "sys.addaudithook",
                   "pty.spawn", "os.startfile", "winreg.", "ctypes.")  # ctypes reaches libc's open unaudited
-PATH_EVENTS = ("open", "os.listdir", "os.scandir", "os.chdir", "os.rename", "os.remove", "os.rmdir", "os.mkdir",
-               "os.symlink", "os.link", "os.truncate", "shutil.copyfile", "shutil.rmtree", "glob.glob")
+READ_EVENTS = ("os.listdir", "os.scandir", "os.chdir", "glob.glob")
+WRITE_EVENTS = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.truncate", "os.chmod",
+                "os.chown", "os.utime", "shutil.copyfile", "shutil.copytree", "shutil.move", "shutil.rmtree")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 def write_message(stream, header: dict, arrays=()) -> None:
@@ -59,13 +62,24 @@ def read_message(stream) -> tuple[dict, list]:
     return header, arrays
 
 
-class PathRule:
-    """Allowed iff the deepest configured folder containing the path is an allowed one."""
+def within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
-    def __init__(self, allowed, denied):
+
+class PathRule:
+    """Reading is allowed iff the deepest configured folder containing the path is an
+    allowed one; writing only inside the working folder."""
+
+    def __init__(self, allowed, denied, writable):
         roots = [(os.path.realpath(p), True) for p in allowed] + [(os.path.realpath(p), False) for p in denied]
         self.roots = sorted(roots, key=lambda item: -len(item[0]))
+        self.writable = os.path.realpath(writable)
         self.own_pid = str(os.getpid())
+
+    def allows_write(self, path) -> bool:
+        if isinstance(path, int):
+            return True
+        return within(os.path.realpath(os.fsdecode(path if path is not None else ".")), self.writable)
 
     def allows(self, path) -> bool:
         if isinstance(path, int) or path is None:
@@ -75,7 +89,7 @@ class PathRule:
         if len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and parts[2] != self.own_pid:
             return False  # another process's memory, environment or files
         for root, allowed in self.roots:
-            if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            if within(path, root):
                 return allowed
         return False
 
@@ -86,7 +100,14 @@ def install_guard(rule: PathRule) -> None:
     def guard(event, args):
         if event.startswith(BLOCKED_EVENTS):
             raise PermissionError(f"eplb-bench sandbox: {event} is not allowed")
-        if event in PATH_EVENTS and args and not rule.allows(args[0]):
+        if event == "open" and args:
+            path, mode, flags = (list(args) + [None, None])[:3]
+            writes = bool(mode and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
+            if not (rule.allows_write(path) if writes else rule.allows(path)):
+                raise PermissionError(f"eplb-bench sandbox: {'writing' if writes else 'open of'} {path!r} is not allowed")
+        elif event in READ_EVENTS and args and not rule.allows(args[0]):
+            raise PermissionError(f"eplb-bench sandbox: {event} of {args[0]!r} is not allowed")
+        elif event in WRITE_EVENTS and args and not all(rule.allows_write(a) for a in args[:2] if isinstance(a, (str, bytes))):
             raise PermissionError(f"eplb-bench sandbox: {event} of {args[0]!r} is not allowed")
 
     sys.addaudithook(guard)
@@ -162,7 +183,7 @@ def main(argv) -> None:
     with open(program, encoding="utf-8") as handle:
         source = handle.read()
     torch.set_num_threads(settings.get("threads", torch.get_num_threads()))
-    rule = PathRule(settings["allowed"] + [os.getcwd()], settings["denied"])
+    rule = PathRule(settings["allowed"] + [os.getcwd()], settings["denied"], os.getcwd())
     cap_memory(memory_bytes)
     install_guard(rule)
     try:

@@ -42,7 +42,8 @@ PROGRAMS = {
 
 def cheat_program(data_folder: str) -> str:
     """Looks for the next window on the call stack, then in the dataset files and the
-    harness's memory; raises with what it found or why it could not."""
+    harness's memory, and tries to plant code for later processes; raises with what it
+    found or why it could not."""
     return (
         "import ctypes, glob, inspect, os\nimport numpy as np\nimport torch\n" + SIGNATURE +
         "    for frame in inspect.stack():\n"
@@ -55,7 +56,8 @@ def cheat_program(data_folder: str) -> str:
         f"                    lambda: open({data_folder!r} + '/mixtral-8x7b.json').read(),\n"
         "                    lambda: open(f'/proc/{os.getppid()}/environ', 'rb').read(),\n"
         "                    lambda: os.listdir('/work'),\n"
-        "                    lambda: __import__('ctypes').CDLL(None)):\n"
+        "                    lambda: __import__('ctypes').CDLL(None),\n"
+        "                    lambda: open(__import__('site').getsitepackages()[0] + '/planted.pth', 'w')):\n"
         "        try:\n"
         "            found = attempt()\n"
         "        except PermissionError as exc:\n"
@@ -99,7 +101,7 @@ def test_a_cheating_program_finds_neither_the_next_window_nor_the_data(program):
     [record] = evaluate_program(path, targets("mixtral-8x7b"), timeout=10)
     assert record["status"] == "error"
     assert "CHEATED" not in record["error"]
-    assert record["error"].endswith("RuntimeError: refused,refused,refused,refused,refused"), record["error"]
+    assert record["error"].endswith("RuntimeError: " + ",".join(["refused"] * 6)), record["error"]
     # The same program in the harness's own process reaches the data: the confinement is what stops it.
     in_process = run_job(Job(file_algorithm_info(path), load_dataset("mixtral-8x7b"),
                              load_dataset("mixtral-8x7b").scenarios[0]))
