@@ -118,8 +118,8 @@ def prepared_call(balancer: str, dataset_name: str, device: str):
     return call
 
 
-class Rebalance:
-    """One rebalance of window 0 on the CPU: its time and peak memory."""
+class _OneRebalance:
+    """Shared by the speed benchmarks: one call on window 0 of `device`, prepared in setup."""
 
     params = (BALANCERS, DATASETS)
     param_names = ["balancer", "dataset"]
@@ -128,9 +128,14 @@ class Rebalance:
     warmup_time = 0
     timeout = 600
     version = SPEED_VERSION
+    device = "cpu"
 
     def setup(self, balancer, dataset):
-        self.call = prepared_call(balancer, dataset, "cpu")
+        self.call = prepared_call(balancer, dataset, self.device)
+
+
+class Rebalance(_OneRebalance):
+    """One rebalance of window 0 on the CPU: its time and peak memory."""
 
     def time_rebalance_cpu(self, balancer, dataset):
         self.call()
@@ -139,21 +144,15 @@ class Rebalance:
         self.call()
 
 
-class RebalanceCuda:
+class RebalanceCuda(_OneRebalance):
     """One rebalance on CUDA, synchronized; skipped where there is no GPU."""
 
-    params = (BALANCERS, DATASETS)
-    param_names = ["balancer", "dataset"]
-    number = 1
-    repeat = (1, 5, 30.0)
-    warmup_time = 0
-    timeout = 600
-    version = SPEED_VERSION
+    device = "cuda"
 
     def setup(self, balancer, dataset):
         if not torch.cuda.is_available():
             raise NotImplementedError("no CUDA device")
-        self.call = prepared_call(balancer, dataset, "cuda")
+        super().setup(balancer, dataset)
 
     def time_rebalance_cuda(self, balancer, dataset):
         self.call()

@@ -29,7 +29,7 @@ from .evaluate import evaluate_program, format_summary, summary
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STARTUP_SECONDS
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
-from .runner import Job, run_jobs
+from .runner import Job, base_record, run_jobs
 from .scoring import DEFAULT_SCORER, SCORERS
 from .speed import DEFAULT_SPEED_ALGORITHMS, format_speed, time_scenario
 
@@ -43,17 +43,22 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """--datasets and the scenario flags, shared by run and evaluate."""
+    parser.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
+    parser.add_argument("--replicas", type=int, help="physical slots (overrides the datasets' scenarios)")
+    parser.add_argument("--groups", type=int, help="expert groups (default: the dataset's)")
+    parser.add_argument("--nodes", type=int, help="nodes (default 1)")
+    parser.add_argument("--gpus", type=int, help="GPUs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="eplb-bench", description="Benchmark expert-parallel load balancers (EPLB).")
     commands = parser.add_subparsers(dest="command", parser_class=Parser)
     commands.add_parser("list", help="list registered balancers")
     run = commands.add_parser("run", help="run balancers over datasets (the default command)")
     run.add_argument("--algorithms", help="comma-separated balancer names or .py files (default: all but slow ones)")
-    run.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
-    run.add_argument("--replicas", type=int, help="physical slots (overrides the datasets' scenarios)")
-    run.add_argument("--groups", type=int, help="expert groups (default: the dataset's)")
-    run.add_argument("--nodes", type=int, help="nodes (default 1)")
-    run.add_argument("--gpus", type=int, help="GPUs")
+    add_scenario_arguments(run)
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     run.add_argument("--repeat", type=int, default=1, help="timed calls per window (default 1)")
     run.add_argument("--predictor", default="last",
@@ -69,11 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip what the --out file already holds (its records join the tables)")
     evaluate = commands.add_parser("evaluate", help="score a program file in a separate, confined process")
     evaluate.add_argument("program", help="a .py file that defines rebalance_experts (the OpenEvolve/ADRS form)")
-    evaluate.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
-    evaluate.add_argument("--replicas", type=int, help="physical slots (overrides the datasets' scenarios)")
-    evaluate.add_argument("--groups", type=int, help="expert groups (default: the dataset's)")
-    evaluate.add_argument("--nodes", type=int, help="nodes (default 1)")
-    evaluate.add_argument("--gpus", type=int, help="GPUs")
+    add_scenario_arguments(evaluate)
     evaluate.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                           help=f"seconds per call, and for loading the program at least {STARTUP_SECONDS:g} "
                                f"(default {DEFAULT_TIMEOUT:g})")
@@ -220,9 +221,8 @@ def record_key(record: dict) -> tuple:
 
 
 def job_key(job: Job) -> tuple:
-    scenario = job.scenario
-    return (job.algorithm.name, job.dataset.name, scenario.num_replicas, scenario.num_groups, scenario.num_nodes,
-            scenario.num_gpus, job.device, job.predictor.label(), not job.migration)
+    """record_key of the record the job will write."""
+    return record_key(base_record(job, repeat=1))
 
 
 def ends_with_newline(path: str) -> bool:

@@ -14,10 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .leaderboard import balancer_summary
 from .registry import AlgorithmInfo
 from .runner import Job, run_job
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
-from .scoring import SCORERS
 
 
 def isolated_info(path: str | Path, timeout: float = DEFAULT_TIMEOUT,
@@ -43,18 +43,12 @@ def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float 
 
 
 def summary(records: list[dict]) -> dict:
-    """The overall result: statuses, and each scorer's and balancedness's mean over scored scenarios."""
-    scored = [r for r in records if r["status"] == "ok"]
-    result = {
-        "program": records[0]["algorithm"] if records else None,
-        "scenarios": len(records),
-        "scored": len(scored),
-        "statuses": dict(Counter(r["status"] for r in records)),
-        "balancedness_gpu": statistics.fmean(r["balancedness_gpu"] for r in scored) if scored else None,
-        "runtime_ms": statistics.fmean(r["runtime_ms"] for r in scored) if scored else None,
-        "scores": {name: statistics.fmean(r["scores"][name] for r in scored) if scored else None for name in SCORERS},
-    }
-    return result
+    """The overall result: the leaderboard's summary of one balancer (means over the
+    scored scenarios), with the program's name and the count of each status."""
+    overall = balancer_summary(records, scenarios_total=len(records))
+    return {"program": overall["algorithm"], "scenarios": len(records), "scored": overall["scenarios_ok"],
+            "statuses": dict(Counter(r["status"] for r in records)),
+            **{key: overall[key] for key in ("balancedness_gpu", "runtime_ms", "scores")}}
 
 
 def format_summary(result: dict) -> str:

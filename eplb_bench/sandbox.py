@@ -40,6 +40,7 @@ import torch
 
 from .datasets import datasets_dir
 from .runner import BalancerFailure, one_line
+from .sandbox_child import write_message
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 DEFAULT_TIMEOUT = 60.0
@@ -61,17 +62,6 @@ def denied_roots() -> list[str]:
     package = Path(__file__).resolve().parent
     checkout = [str(package.parent)] if (package.parent / "pyproject.toml").exists() else []
     return [str(package), str(datasets_dir())] + checkout
-
-
-def encode(header: dict, arrays=()) -> bytes:
-    parts = [None]
-    for array in arrays:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        parts.append(struct.pack("<Q", buffer.tell()) + buffer.getvalue())
-    text = json.dumps(dict(header, arrays=len(arrays))).encode()
-    parts[0] = struct.pack("<I", len(text)) + text
-    return b"".join(parts)
 
 
 class ChildGone(Exception):
@@ -114,8 +104,7 @@ class IsolatedProgram:
         if self.process is not None:
             if self.process.poll() is None:
                 try:
-                    self.process.stdin.write(encode({"op": "exit"}))
-                    self.process.stdin.flush()
+                    write_message(self.process.stdin, {"op": "exit"})
                     self.process.wait(timeout=2)
                 except (OSError, subprocess.TimeoutExpired):
                     self.kill()
@@ -194,12 +183,10 @@ class IsolatedProgram:
         if self.process is None:
             self.start()
         self.last_call_seconds = None
-        message = encode({"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus]},
-                         [weight.detach().cpu().numpy()])
         started = time.perf_counter()
         try:
-            self.process.stdin.write(message)
-            self.process.stdin.flush()
+            write_message(self.process.stdin, {"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus]},
+                          [weight.detach().cpu().numpy()])
         except BrokenPipeError:
             raise BalancerFailure("crash", self.death()) from None
         header, arrays = self.receive(self.timeout)
