@@ -25,7 +25,9 @@ from .bound_store import bound_summary, compute_bounds
 from .bounds import MAX_VARIABLES
 from .regression_gate import MEMORY_FACTOR, TIME_FACTOR, TRACK_THRESHOLD, GateError, format_gate, gate
 from .leaderboard import ResultsError, load_records, write_leaderboard
-from .evaluate import evaluate_program, format_summary, summary
+from .evaluate import evaluate_heldout, evaluate_program, format_summary, heldout_targets, summary
+from .isolation import ISOLATIONS, namespaces_unavailable
+from .suite import SUITE
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, STARTUP_SECONDS
 from .registry import RegistryError, algorithm_info, broken_algorithms, file_algorithm_info, list_algorithms
 from .report import format_table
@@ -80,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                                f"(default {DEFAULT_TIMEOUT:g})")
     evaluate.add_argument("--memory", type=float, default=DEFAULT_MEMORY_MB,
                           help=f"MiB the program may allocate beyond torch's own (default {DEFAULT_MEMORY_MB})")
+    evaluate.add_argument("--isolation", default="namespaces", choices=ISOLATIONS,
+                          help="namespaces (default: Linux namespaces through bubblewrap) or process (a confined "
+                               "child only; its result is marked as not isolated)")
+    evaluate.add_argument("--heldout", action="store_true",
+                          help="score on fresh draws of the synthetic suite datasets (seeds drawn now, "
+                               "written into the records after the run) instead of the public files")
     evaluate.add_argument("--scorer", default=DEFAULT_SCORER, choices=sorted(SCORERS), help="ranking score")
     evaluate.add_argument("--json", action="store_true", help="one JSON record per line, then a summary record")
     speed = commands.add_parser("bench-speed", help="median runtimes and ratios of balancers, in one process")
@@ -270,18 +278,44 @@ def command_evaluate(args) -> int:
         raise UsageError(f"no such program file: {args.program}")
     if not args.timeout > 0 or not args.memory > 0:
         raise UsageError("--timeout and --memory must be positive")
-    datasets = resolve_datasets(args.datasets)
+    if args.isolation == "namespaces":
+        reason = namespaces_unavailable()
+        if reason:
+            raise UsageError(f"no isolation by namespaces here: {reason}; --isolation process runs the program "
+                             "in a confined child instead, and its result is marked as not isolated")
+    else:
+        print("eplb-bench: warning: --isolation process: the program is NOT isolated (a Python audit hook is no "
+              "sandbox); its result is marked as such", file=sys.stderr)
     override = scenario_override(args)
-    targets = [(dataset, scenario) for dataset in datasets for scenario in scenarios_for(dataset, override)]
-    records = []
-    for record in evaluate_program(args.program, targets, timeout=args.timeout, memory_mb=args.memory):
-        records.append(record)
+    limits = {"timeout": args.timeout, "memory_mb": args.memory, "isolation": args.isolation}
+
+    def progress(record):
+        reason = "" if record["status"] == "ok" else f": {record['error']}"
+        print(f"  {record['dataset']} {record.get('scenario') or ''}: {record['status']}{reason}",
+              file=sys.stderr, flush=True)
+
+    if args.heldout:
+        names = _split(args.datasets) if args.datasets else list(SUITE)
+        unknown = [name for name in names if name not in SUITE]
+        if unknown:
+            raise UsageError(f"--heldout draws only the synthetic suite datasets ({', '.join(SUITE)}), "
+                             f"not {', '.join(unknown)}")
+        draws = heldout_targets(names)
+        records = evaluate_heldout(args.program, draws, lambda dataset: scenarios_for(dataset, override),
+                                   progress=None if args.json else progress, **limits)
         if args.json:
-            print(json.dumps(record), flush=True)
-        else:
-            reason = "" if record["status"] == "ok" else f": {record['error']}"
-            print(f"  {record['dataset']} {record.get('scenario') or ''}: {record['status']}{reason}",
-                  file=sys.stderr, flush=True)
+            for record in records:
+                print(json.dumps(record), flush=True)
+    else:
+        datasets = resolve_datasets(args.datasets)
+        targets = [(dataset, scenario) for dataset in datasets for scenario in scenarios_for(dataset, override)]
+        records = []
+        for record in evaluate_program(args.program, targets, **limits):
+            records.append(record)
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                progress(record)
     result = summary(records)
     if args.json:
         print(json.dumps({"summary": result}))
@@ -289,6 +323,9 @@ def command_evaluate(args) -> int:
         print(format_table(records, args.scorer))
         print()
         print(format_summary(result))
+    if not result["scored"]:
+        print("eplb-bench: error: no scenario was scored", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,63 +1,117 @@
-"""Score one contributed program, confined to its own process, on the standard suite.
+"""Score one contributed program, isolated in its own sandbox, on the standard suite.
 
-Each (dataset, scenario) gets a fresh child process (eplb_bench.sandbox), so a
-program that hangs, crashes or exhausts its memory on one dataset ends that
-dataset with its status and leaves the others untouched. Scoring, validation and
-records are the runner's, exactly as for an in-process balancer; only the
-runtime differs in origin: the child measures the call itself.
+Each (dataset, scenario) gets a fresh child (eplb_bench.sandbox, inside the isolation
+of eplb_bench.isolation), so a program that hangs, crashes or exhausts its memory on
+one dataset ends that dataset with its status and leaves the others untouched.
+Scoring, validation and records are the runner's, exactly as for an in-process
+balancer, with the previous placement and a report handed to programs that take
+them; only the runtime's origin differs: the parent's clock, less the transfer.
+
+Two splits: `public`, the shipped datasets; `heldout`, fresh draws of every synthetic
+suite dataset (eplb_bench.suite.heldout_dataset) with seeds drawn at run time, which a
+program that memorized the public windows cannot know.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .leaderboard import balancer_summary
-from .registry import AlgorithmInfo
-from .runner import Job, run_job
+from .registry import AlgorithmInfo, program_name
+from .runner import BalancerFailure, Job, base_record, one_line, run_job
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
+from .suite import SUITE, heldout_dataset, heldout_seed
+
+SPLITS = ("public", "heldout")
 
 
-def isolated_info(path: str | Path, timeout: float = DEFAULT_TIMEOUT,
-                  memory_mb: float = DEFAULT_MEMORY_MB) -> AlgorithmInfo:
-    """A balancer entry whose function runs the program in a confined child process."""
-    return AlgorithmInfo(name=Path(path).stem, function=IsolatedProgram(path, timeout=timeout, memory_mb=memory_mb),
-                         description=f"{path}, in a separate process", devices=("cpu",), source=str(path))
+def program_info(path: str | Path, program: IsolatedProgram | None = None) -> AlgorithmInfo:
+    """The balancer entry of a program file: named by its file name (`fast.py`, never a
+    registered balancer's name), calling the child, with the keywords it takes."""
+    return AlgorithmInfo(name=program_name(path), function=program, description=f"{path}, isolated",
+                         devices=("cpu",), source=str(path), accepts=program.accepts if program else frozenset())
+
+
+def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb: float, isolation: str) -> dict:
+    """The record of one (dataset, scenario): the runner's, with the child's timing parts."""
+    program = IsolatedProgram(path, timeout=timeout, memory_mb=memory_mb, isolation=isolation)
+    try:
+        program.start(dataset.num_layers, dataset.num_logical, scenario.num_replicas, calls=dataset.num_windows)
+        record = run_job(Job(program_info(path, program), dataset, scenario))
+    except BalancerFailure as failure:  # at the start: run_job records the calls' failures itself
+        record = failed_record(path, dataset, scenario, failure.status, f"start: {failure}")
+    except Exception as exc:  # a hole in the protocol's checks must cost one scenario, not the run
+        record = failed_record(path, dataset, scenario, "invalid", f"unreadable child: {type(exc).__name__}: {exc}")
+    finally:
+        program.close()
+    record["isolation"] = isolation
+    record["isolated"] = program.summary()
+    return record
+
+
+def failed_record(path, dataset, scenario, status: str, reason: str) -> dict:
+    record = base_record(Job(program_info(path), dataset, scenario), repeat=1)
+    record.update(status=status, error=one_line(reason))
+    return record
 
 
 def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float = DEFAULT_TIMEOUT,
-                     memory_mb: float = DEFAULT_MEMORY_MB) -> Iterator[dict]:
-    """One record per (dataset, scenario) in `targets`, yielded as each finishes."""
+                     memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces") -> Iterator[dict]:
+    """One record per (dataset, scenario) in `targets` (the public split), yielded as each finishes."""
     for dataset, scenario in targets:
-        info = isolated_info(path, timeout, memory_mb)
-        try:
-            record = run_job(Job(info, dataset, scenario))
-        finally:
-            info.function.close()
-        trips = info.function.roundtrip_seconds
-        record["isolated"] = {"timeout_s": timeout, "memory_mb": memory_mb,
-                              "roundtrip_ms": statistics.median(trips) * 1e3 if trips else None}
+        record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
+        record["split"] = "public"
         yield record
+
+
+def heldout_targets(names: Iterable[str] | None = None) -> list[tuple[str, int]]:
+    """(suite dataset, fresh seed) for each synthetic suite dataset named (default: all)."""
+    return [(name, heldout_seed()) for name in (list(SUITE) if names is None else names)]
+
+
+def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_of, timeout: float = DEFAULT_TIMEOUT,
+                     memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces",
+                     progress=None) -> list[dict]:
+    """Records of the held-out split, all returned at the end, each with its
+    `heldout_seed` only then. `scenarios_of(dataset)` gives the scenarios to score;
+    `progress(record)` sees each record as it finishes, without its seed."""
+    records, seeds = [], []
+    for name, seed in draws:
+        dataset = heldout_dataset(name, seed)
+        for scenario in scenarios_of(dataset):
+            record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
+            record["split"] = "heldout"
+            if progress is not None:
+                progress(record)
+            records.append(record)
+            seeds.append(seed)
+    for record, seed in zip(records, seeds):
+        record["heldout_seed"] = seed
+    return records
 
 
 def summary(records: list[dict]) -> dict:
     """The overall result: the leaderboard's summary of one balancer (means over the
     scored scenarios), with the program's name and the count of each status."""
     overall = balancer_summary(records, scenarios_total=len(records))
-    return {"program": overall["algorithm"], "scenarios": len(records), "scored": overall["scenarios_ok"],
-            "statuses": dict(Counter(r["status"] for r in records)),
+    return {"program": overall["algorithm"], "split": records[0].get("split", "public") if records else None,
+            "isolation": records[0].get("isolation") if records else None, "scenarios": len(records),
+            "scored": overall["scenarios_ok"], "statuses": dict(Counter(r["status"] for r in records)),
             **{key: overall[key] for key in ("balancedness_gpu", "runtime_ms", "scores")}}
 
 
 def format_summary(result: dict) -> str:
     statuses = ", ".join(f"{status} {count}" for status, count in sorted(result["statuses"].items()))
-    line = f"overall: {result['program']}: {result['scored']} of {result['scenarios']} scenarios scored ({statuses})"
+    line = (f"overall ({result['split']} split): {result['program']}: {result['scored']} of {result['scenarios']} "
+            f"scenarios scored ({statuses})")
     if result["scored"]:
         scores = ", ".join(f"{name} {value:.4f}" for name, value in result["scores"].items())
         line += (f"; means over the scored ones: gpu balancedness {result['balancedness_gpu']:.4f}, "
                  f"{result['runtime_ms']:.2f} ms, {scores}")
     if result["scored"] < result["scenarios"]:
         line += "; failed scenarios score nothing, so compare only complete results"
+    if result["isolation"] != "namespaces":
+        line += "; NOT ISOLATED (--isolation process): a hostile program could have forged this result"
     return line

@@ -71,8 +71,8 @@ def register(
 
     A name already taken raises RegistryError. The function is returned unchanged.
     """
-    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n/"):
-        raise RegistryError(f"invalid balancer name {name!r}")
+    if not isinstance(name, str) or not name or any(c in name for c in ", \t\n/") or name.endswith(".py"):
+        raise RegistryError(f"invalid balancer name {name!r} (names ending in .py belong to program files)")
 
     def decorate(function: Callable) -> Callable:
         if name in _REGISTRY:
@@ -181,11 +181,18 @@ def load_algorithm_file(path: str | Path) -> Callable:
     return function
 
 
+def program_name(path: str | Path) -> str:
+    """A program file's balancer name: its file name, `.py` included, which no
+    registered balancer can take (register refuses it), so `fast.py` never stands in
+    for `fast`."""
+    return Path(path).name
+
+
 def file_algorithm_info(path: str | Path) -> AlgorithmInfo:
     """An unregistered AlgorithmInfo for a balancer loaded from a file."""
     function = load_algorithm_file(path)
     return AlgorithmInfo(
-        name=Path(path).stem,
+        name=program_name(path),
         function=function,
         description=f"loaded from {path}",
         devices=(),

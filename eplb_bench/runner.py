@@ -11,6 +11,7 @@ changes its input `invalid`; neither stops the run.
 from __future__ import annotations
 
 import datetime as _datetime
+import math
 import platform
 import statistics
 import time
@@ -51,7 +52,9 @@ class Job:
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
+    """`text` on one line of at most `limit` characters, control characters (terminal
+    escapes included) turned into spaces."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
@@ -83,9 +86,12 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, pr
     except BaseException as exc:  # untrusted code, SystemExit included: record, never crash
         raise BalancerFailure("error", f"{type(exc).__name__}: {exc}") from None
     elapsed = time.perf_counter() - start
-    # A balancer in another process (eplb_bench.sandbox) reports its own time, without the transfer.
+    # A program in a sandbox (eplb_bench.sandbox) is timed by the parent, less the transfer.
     measured = getattr(info.function, "last_call_seconds", None)
-    return output, elapsed if measured is None else measured
+    seconds = elapsed if measured is None else measured
+    if not (isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0):
+        raise BalancerFailure("invalid", f"the call's runtime {seconds!r} is not a finite, non-negative time")
+    return output, seconds
 
 
 def checked_placement(output, weight: torch.Tensor, scenario: Scenario):

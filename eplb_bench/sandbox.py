@@ -1,126 +1,324 @@
-"""A contributed program as a balancer that runs in a separate, confined process.
+"""A contributed program as a balancer that runs in a separate, isolated process.
 
-`IsolatedProgram(path)` is called like any balancer. Each call sends the one window
-to plan for to a child process (eplb_bench/sandbox_child.py) and waits at most
-`timeout` seconds for its answer; the child caps its memory and refuses file access
-outside the Python installation (the datasets and the harness's own folders
-included), processes and sockets. Whatever goes wrong ends as a BalancerFailure with
-its own status and a one-line reason:
+`IsolatedProgram(path)` starts the child (eplb_bench/sandbox_child.py) inside the
+isolation of eplb_bench/isolation.py, and is then called like any balancer: each call
+sends the one window to plan for (and the previous placement to a program that takes
+`prev_phy2log`) and waits for the answer. Nothing the child sends is trusted:
 
-- `timeout`: no answer in time (the child is killed);
-- `crash`: the child died (exit status or signal, and the last line it printed);
-- `memory`: an allocation failed under the cap;
-- `error`: the program raised, or could not be loaded;
-- `invalid`: the output is not three arrays (the runner validates the rest).
+- every write to the child and every read from it has a deadline;
+- a message larger than the largest valid placement of the scenario (computed from
+  the shape) is `invalid` before it is buffered, and the child's stderr keeps only
+  its tail;
+- anything that is not the protocol is `crash` or `invalid`.
 
-`last_call_seconds` holds the child's own measurement of the last call: the
-balancer alone, without the transfer. The child's clock is the program's to tamper
-with (it shares the process), so `roundtrip_seconds` keeps the parent's own
-measurement of every call, transfer included, as a check on it.
+**Timing.** The runtime that scores is the parent's: from the last byte of the
+request written to the last byte of the reply read, less the transfer baseline. The
+baseline is measured before the program is loaded, in the same child: `echo` calls
+with the same request and reply sizes as real calls (median of a few, at the
+smallest and the largest valid reply; a reply in between gets the baseline
+interpolated by its size). The child's own clock is kept as information only.
+
+Statuses: `timeout` (no answer in time: the sandbox is killed), `crash` (the child died
+or left the protocol), `memory` (an allocation failed under the cap), `error` (the
+program raised, or could not be loaded), `invalid` (an unusable or oversized answer).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import select
 import signal
-import site
+import statistics
 import struct
 import subprocess
-import sys
-import sysconfig
-import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .datasets import datasets_dir
+from .isolation import (ISOLATIONS, SANDBOX_FOLDER, WORK_FOLDER, Cgroups, IsolationError, Limits, harness_paths,
+                        make_cgroups, namespaces_unavailable, process_command, python_roots, sandbox_command)
 from .runner import BalancerFailure, one_line
-from .sandbox_child import write_message
 
-CHILD = Path(__file__).with_name("sandbox_child.py")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 4096
 STARTUP_SECONDS = 120.0
-MAX_MESSAGE_BYTES = 1 << 31
-
-
-def python_roots() -> list[str]:
-    """Folders the child may read: the interpreter's and its packages'."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"], *site.getsitepackages()}
-    return sorted(roots) + ["/dev/null", "/dev/urandom", "/proc", "/sys/devices/system/cpu", "/sys/fs/cgroup",
-                            "/usr/lib", "/lib", "/etc/ld.so.cache", "/usr/share/zoneinfo"]
-
-
-def denied_roots() -> list[str]:
-    """The harness's source tree and data, even where it lies under an allowed folder."""
-    package = Path(__file__).resolve().parent
-    checkout = [str(package.parent)] if (package.parent / "pyproject.toml").exists() else []
-    return [str(package), str(datasets_dir())] + checkout
+# The largest JSON header a valid message has (a balancer's report included).
+MAX_HEADER_BYTES = 1 << 20
+# What an .npy header of a plain array takes at most, with room to spare.
+NPY_HEADER_BYTES = 4096
+STDERR_TAIL_BYTES = 64 << 10
+# A balancer's report is information for the record; a larger one is replaced by a note.
+REPORT_BYTES = 16 << 10
+ECHO_REPEATS = 11
+# What the child may answer at each step; anything else is not the protocol.
+FAILURES = ("error", "memory", "invalid")
+PHASE_STATUSES = {"start": ("started",), "load": ("ready",) + FAILURES, "call": ("ok",) + FAILURES}
+# Seconds a child that closed its reply pipe gets to exit before it is killed.
+EXIT_GRACE = 2.0
 
 
 class ChildGone(Exception):
-    pass
+    """The child closed its end of the reply pipe."""
+
+
+def kept_report(report: dict) -> dict:
+    """A program's report as the record keeps it: strict JSON of at most REPORT_BYTES,
+    else a note of why not."""
+    try:
+        size = len(json.dumps(report, allow_nan=False))
+    except ValueError:
+        return {"dropped": "a report with NaN or infinite numbers"}
+    return report if size <= REPORT_BYTES else {"dropped": f"a report of {size} bytes"}
+
+
+def reply_shapes(num_layers: int, num_logical: int, num_replicas: int, width: int) -> list[tuple[int, ...]]:
+    """Shapes of a placement whose log2phy has `width` columns: phy2log [L, R],
+    log2phy [L, E, width], logcnt [L, E]."""
+    return [(num_layers, num_replicas), (num_layers, num_logical, width), (num_layers, num_logical)]
+
+
+def width_range(num_logical: int, num_replicas: int) -> tuple[int, int]:
+    """The narrowest and widest valid log2phy: max(logcnt) is at least ceil(R / E)
+    and at most R - E + 1 (every other expert keeps one replica)."""
+    return -(-num_replicas // num_logical), num_replicas - num_logical + 1
+
+
+def largest_reply_bytes(num_layers: int, num_logical: int, num_replicas: int) -> int:
+    """Bytes of the arrays of the largest valid placement (int64), .npy headers included."""
+    shapes = reply_shapes(num_layers, num_logical, num_replicas, width_range(num_logical, num_replicas)[1])
+    return sum(8 * math.prod(shape) + NPY_HEADER_BYTES for shape in shapes)
+
+
+class Channel:
+    """The child's stdin, stdout and stderr, read and written with deadlines.
+
+    stderr is drained whenever the parent waits, into a tail of STDERR_TAIL_BYTES.
+    """
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.requests = process.stdin.fileno()
+        self.replies = process.stdout.fileno()
+        self.errors = process.stderr.fileno()
+        for fd in (self.requests, self.replies, self.errors):
+            os.set_blocking(fd, False)
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
+        self.stderr_open = True
+
+    def keep_stderr(self) -> None:
+        try:
+            chunk = os.read(self.errors, 1 << 16)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.stderr_open = False
+            return
+        self.tail.append(chunk)
+        self.tail_bytes += len(chunk)
+        while self.tail_bytes - len(self.tail[0]) >= STDERR_TAIL_BYTES:
+            self.tail_bytes -= len(self.tail.popleft())
+
+    def wait(self, readable: list[int], writable: list[int], deadline: float) -> tuple[list, list]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        watched = readable + ([self.errors] if self.stderr_open else [])
+        ready_read, ready_write, _ = select.select(watched, writable, [], remaining)
+        if self.errors in ready_read:
+            self.keep_stderr()
+        if not ready_read and not ready_write:
+            raise TimeoutError
+        return ready_read, ready_write
+
+    def write(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            _, ready = self.wait([], [self.requests], deadline)
+            if ready:
+                try:
+                    written = os.write(self.requests, view[: 1 << 20])
+                except BlockingIOError:
+                    continue
+                view = view[written:]
+
+    def read_exactly(self, size: int, deadline: float) -> bytes:
+        buffer, filled = bytearray(size), 0
+        while filled < size:
+            ready, _ = self.wait([self.replies], [], deadline)
+            if self.replies not in ready:
+                continue
+            try:
+                chunk = os.read(self.replies, min(size - filled, 1 << 20))
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise ChildGone
+            buffer[filled: filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return bytes(buffer)
+
+    def last_stderr_line(self) -> str:
+        try:
+            while self.stderr_open and select.select([self.errors], [], [], 0)[0]:
+                self.keep_stderr()
+        except (OSError, ValueError):
+            pass
+        lines = [line for line in b"".join(self.tail).decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def encode_message(header: dict, arrays=()) -> bytes:
+    """The protocol's bytes (sandbox_child.py's write_message, into one buffer)."""
+    text = json.dumps(dict(header, arrays=len(arrays))).encode()
+    parts = [struct.pack("<I", len(text)), text]
+    for array in arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        parts += [struct.pack("<Q", buffer.tell()), buffer.getvalue()]
+    return b"".join(parts)
 
 
 class IsolatedProgram:
-    """A program file, called as a balancer in a confined child process."""
+    """A program file, called as a balancer in an isolated child process."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT,
-                 memory_mb: float = DEFAULT_MEMORY_MB, threads: int | None = None):
+                 memory_mb: float = DEFAULT_MEMORY_MB, threads: int | None = None, isolation: str = "namespaces"):
+        if isolation not in ISOLATIONS:
+            raise IsolationError(f"unknown isolation {isolation!r} (choose from {', '.join(ISOLATIONS)})")
+        if isolation == "namespaces":
+            reason = namespaces_unavailable()
+            if reason:
+                raise IsolationError(reason)
         self.path = str(Path(path).resolve())
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.threads = threads or torch.get_num_threads()
+        self.isolation = isolation
+        self.accepts: frozenset[str] = frozenset()
         self.last_call_seconds: float | None = None
         self.roundtrip_seconds: list[float] = []
+        self.baseline_seconds: list[float] = []
+        self.child_seconds: list[float] = []
+        self.calibration: dict | None = None
+        self.limits: Limits | None = None
         self.process: subprocess.Popen | None = None
-        self.workdir: tempfile.TemporaryDirectory | None = None
-        self.stderr = None
+        self.channel: Channel | None = None
+        self.cgroups = Cgroups({})
+        self.caps: dict = {}
+        self.shape: tuple[int, int, int] | None = None
 
     # -- the child's life --------------------------------------------------
-    def start(self) -> None:
-        self.workdir = tempfile.TemporaryDirectory(prefix="eplb-evaluate-")
-        settings = {"allowed": python_roots() + [self.path], "denied": denied_roots(), "threads": self.threads}
-        self.stderr = tempfile.TemporaryFile()
-        environment = {key: os.environ[key] for key in ("PATH", "LANG", "LC_ALL") if key in os.environ}
-        environment.update(HOME=self.workdir.name, TMPDIR=self.workdir.name, OMP_NUM_THREADS=str(self.threads))
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", str(CHILD), self.path, str(int(self.memory_mb * 2**20)), json.dumps(settings)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, cwd=self.workdir.name,
-            env=environment, start_new_session=True)
-        header, _ = self.receive(max(STARTUP_SECONDS, self.timeout), starting=True)
-        if header.get("status") != "ready":
-            reason = header.get("reason", "")
-            self.close()
-            raise BalancerFailure(header.get("status", "error"), f"loading the program: {reason}")
+    def start(self, num_layers: int, num_logical: int, num_replicas: int, calls: int = 16) -> None:
+        """Start the child for one scenario's shape, calibrate the transfer, load the program.
+
+        `calls` (the calls to expect) sizes the child's CPU-time limit.
+        """
+        self.shape = (num_layers, num_logical, num_replicas)
+        self.limits = Limits(memory_bytes=int(self.memory_mb * 2**20),
+                             cpu_seconds=int(self.threads * (STARTUP_SECONDS + self.timeout * (calls + 2))),
+                             processes=self.threads + 32)
+        self.cgroups = make_cgroups(self.limits.processes, self.limits.memory_bytes)
+        self.caps = {"processes": "pids cgroup" if "pids" in self.cgroups.folders else "RLIMIT_NPROC",
+                     "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS"}
+        self.launch()
+        self.receive(max(STARTUP_SECONDS, self.timeout), 0, "starting the child", "start")
+        self.calibrate(num_layers, num_logical, num_replicas)
+        self.send(encode_message({"op": "load"}), time.monotonic() + self.timeout)
+        header, _ = self.receive(max(STARTUP_SECONDS, self.timeout), 0, "loading the program", "load")
+        if header["status"] != "ready":
+            raise self.fail(header["status"], f"loading the program: {header['reason']}")
+        accepts = header.get("accepts")
+        if not isinstance(accepts, list) or not all(isinstance(name, str) for name in accepts):
+            raise self.fail("invalid", "loading the program: the child's answer is not the protocol")
+        self.accepts = frozenset(accepts) & {"prev_phy2log", "report"}
+
+    def launch(self) -> None:
+        settings = {"threads": self.threads, "limits": self.limits.as_dict()}
+        environment = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": str(self.threads)}
+        if self.isolation == "namespaces":
+            environment.update(HOME=WORK_FOLDER, TMPDIR=WORK_FOLDER)
+            settings.update(allowed=python_roots() + [SANDBOX_FOLDER], denied=[])
+            command = sandbox_command(self.path, [json.dumps(settings)], environment, self.limits)
+            cwd, self.workdir = None, None
+        else:
+            import tempfile
+
+            self.workdir = tempfile.TemporaryDirectory(prefix="eplb-evaluate-")
+            environment.update(HOME=self.workdir.name, TMPDIR=self.workdir.name)
+            settings.update(allowed=python_roots() + ["/dev/null", "/dev/urandom", "/proc", "/sys/devices/system/cpu",
+                                                      "/usr/lib", "/lib", "/etc/ld.so.cache", self.path],
+                            denied=harness_paths())
+            command = process_command(self.path, [json.dumps(settings)])
+            cwd = self.workdir.name
+        self.process = subprocess.Popen(self.cgroups.command(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, cwd=cwd, env=environment, start_new_session=True)
+        self.channel = Channel(self.process)
+
+    def calibrate(self, num_layers: int, num_logical: int, num_replicas: int) -> None:
+        """Median echo round trips at the narrowest and widest valid reply, with and
+        without a previous placement in the request."""
+        weight = np.zeros((num_layers, num_logical), dtype=np.int64)
+        previous = np.zeros((num_layers, num_replicas), dtype=np.int64)
+        points = {}
+        for with_previous in (False, True):
+            request = [weight, previous] if with_previous else [weight]
+            for width in sorted(set(width_range(num_logical, num_replicas))):
+                shapes = reply_shapes(num_layers, num_logical, num_replicas, width)
+                trips = []
+                for _ in range(ECHO_REPEATS + 1):  # the first one warms the buffers up and is not kept
+                    seconds, reply, echoed, size = self.exchange({"op": "echo", "shapes": shapes}, request,
+                                                                 "the transfer baseline")
+                    if reply["status"] != "ok" or len(echoed) != 3:
+                        raise self.fail("crash", "the transfer baseline: the child failed an echo")
+                    trips.append(seconds)
+                trips = trips[1:]
+                points.setdefault(with_previous, []).append((size, statistics.median(trips)))
+        self.calibration = {"with_previous" if key else "plain": value for key, value in points.items()}
+
+    def baseline(self, with_previous: bool, reply_bytes: int) -> float:
+        """The transfer time of a call whose reply has `reply_bytes` (interpolated)."""
+        points = self.calibration["with_previous" if with_previous else "plain"]
+        (low_size, low), (high_size, high) = points[0], points[-1]
+        if high_size == low_size:
+            return low
+        share = min(max((reply_bytes - low_size) / (high_size - low_size), 0.0), 1.0)
+        return low + share * (high - low)
 
     def close(self) -> None:
         if self.process is not None:
             if self.process.poll() is None:
                 try:
-                    write_message(self.process.stdin, {"op": "exit"})
-                    self.process.wait(timeout=2)
-                except (OSError, subprocess.TimeoutExpired):
-                    self.kill()
+                    self.channel.write(encode_message({"op": "exit"}), time.monotonic() + 1)
+                    self.process.wait(timeout=EXIT_GRACE)
+                except (OSError, TimeoutError, subprocess.TimeoutExpired):
+                    pass
+            self.kill()
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
             self.process = None
-        if self.stderr is not None:
-            self.stderr.close()
-            self.stderr = None
-        if self.workdir is not None:
+        self.cgroups.remove()
+        if getattr(self, "workdir", None) is not None:
             self.workdir.cleanup()
             self.workdir = None
 
     def kill(self) -> None:
+        """SIGKILL the child's session (namespaces: the whole sandbox dies with it) and
+        whatever is left in its cgroup."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self.cgroups.kill()
         self.process.wait()
 
     def __del__(self):
@@ -129,71 +327,151 @@ class IsolatedProgram:
         except Exception:
             pass
 
-    # -- messages ----------------------------------------------------------
-    def read_exactly(self, size: int, deadline: float) -> bytes:
-        stream, chunks, missing = self.process.stdout, [], size
-        while missing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([stream], [], [], remaining)[0]:
-                raise TimeoutError
-            chunk = os.read(stream.fileno(), min(missing, 1 << 20))
-            if not chunk:
-                raise ChildGone
-            chunks.append(chunk)
-            missing -= len(chunk)
-        return b"".join(chunks)
+    def fail(self, status: str, reason: str) -> BalancerFailure:
+        """Kill the child and describe why (the caller raises what this returns)."""
+        if self.process is not None and status in ("timeout", "invalid", "crash"):
+            self.kill()
+        return BalancerFailure(status, one_line(reason))
 
-    def receive(self, seconds: float, starting: bool = False) -> tuple[dict, list]:
+    # -- messages ----------------------------------------------------------
+    def send(self, request: bytes, deadline: float) -> None:
+        try:
+            self.channel.write(request, deadline)
+        except TimeoutError:
+            raise self.fail("timeout", f"the child took no request for {self.timeout:g} s; the process was killed") from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise self.fail("crash", self.death("it stopped reading requests")) from None
+
+    def receive(self, seconds: float, reply_budget: int, what: str, phase: str) -> tuple[dict, list]:
+        """One validated message of `phase` (PHASE_STATUSES) within `seconds`:
+        (header, arrays); the arrays add up to at most `reply_budget` bytes."""
         deadline = time.monotonic() + seconds
         try:
-            (size,) = struct.unpack("<I", self.read_exactly(4, deadline))
-            header = json.loads(self.read_exactly(min(size, MAX_MESSAGE_BYTES), deadline))
-            arrays = []
-            for _ in range(int(header.get("arrays", 0))):
-                (length,) = struct.unpack("<Q", self.read_exactly(8, deadline))
-                if length > MAX_MESSAGE_BYTES:
-                    raise BalancerFailure("invalid", f"an output array of {length} bytes")
-                arrays.append(np.load(io.BytesIO(self.read_exactly(length, deadline)), allow_pickle=False))
+            (size,) = struct.unpack("<I", self.channel.read_exactly(4, deadline))
+            if size > MAX_HEADER_BYTES:
+                raise self.fail("invalid", f"{what}: a message header of {size} bytes")
+            header = json.loads(self.channel.read_exactly(size, deadline))
+            self.check_header(header, what, phase)
+            count = header["arrays"]
+            if count and count != 3:
+                raise self.fail("invalid", f"{what}: {count} arrays, a placement is 3")
+            arrays, left = [], reply_budget
+            for _ in range(count):
+                (length,) = struct.unpack("<Q", self.channel.read_exactly(8, deadline))
+                if length > left:
+                    raise self.fail("invalid", f"{what}: the answer exceeds the {reply_budget} bytes of the largest "
+                                               "valid placement for this scenario")
+                left -= length
+                array = np.load(io.BytesIO(self.channel.read_exactly(length, deadline)), allow_pickle=False)
+                if not isinstance(array, np.ndarray):
+                    raise ValueError("not an .npy array")
+                arrays.append(array)
             return header, arrays
         except TimeoutError:
-            self.kill()
-            self.close()
-            what = "loading the program" if starting else "the call"
-            raise BalancerFailure("timeout", f"{what} took longer than {seconds:g} s; the process was killed") from None
+            raise self.fail("timeout", f"{what} took longer than {seconds:g} s; the process was killed") from None
         except ChildGone:
-            raise BalancerFailure("crash", self.death()) from None
-        except (ValueError, KeyError, struct.error) as exc:
-            self.kill()
-            self.close()
-            raise BalancerFailure("invalid", f"unreadable answer: {one_line(str(exc))}") from None
+            raise self.fail("crash", self.death("it closed its reply pipe")) from None
+        except BalancerFailure:
+            raise
+        except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError, OverflowError, RecursionError) as exc:
+            raise self.fail("invalid", f"{what}: the child's answer is not the protocol ({exc})") from None
 
-    def death(self) -> str:
-        code = self.process.wait()
-        self.stderr.seek(0)
-        lines = [line for line in self.stderr.read().decode(errors="replace").splitlines() if line.strip()]
-        self.close()
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        if code == -signal.SIGKILL:
-            how += " (the system may have run out of memory)"
-        return one_line(f"the process died: {how}" + (f"; last output: {lines[-1]}" if lines else ""))
+    def check_header(self, header, what: str, phase: str) -> None:
+        """A header is a dict with a status of its phase, a string reason for a failure
+        and a small array count."""
+        if not isinstance(header, dict) or not isinstance(header.get("arrays"), int) or header["arrays"] < 0:
+            raise self.fail("invalid", f"{what}: the child's answer is not the protocol")
+        status = header.get("status")
+        if not isinstance(status, str) or status not in PHASE_STATUSES[phase]:
+            raise self.fail("invalid", f"{what}: the child's answer has no known status")
+        if status in FAILURES:
+            if not isinstance(header.get("reason"), str):
+                raise self.fail("invalid", f"{what}: a failure without a reason")
+            if header["arrays"]:
+                raise self.fail("invalid", f"{what}: a failure with arrays")
+
+    def exchange(self, header: dict, arrays, what: str) -> tuple[float, dict, list, int]:
+        """Send a request and read its reply: (seconds from the first byte written to the
+        last byte read, header, arrays, bytes of the arrays).
+
+        The clock starts before the first byte, not after the last: a child may read
+        and work on the start of a request while the rest is still being written (it
+        can shrink the pipe to make that long). The calibration's echo requests have
+        the same sizes, so the baseline takes the transfer out again.
+        """
+        request = encode_message(header, arrays)
+        started = time.perf_counter()
+        self.send(request, time.monotonic() + self.timeout)
+        reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*self.shape), what, "call")
+        seconds = time.perf_counter() - started
+        return seconds, reply, arrays_back, sum(array.nbytes for array in arrays_back)
+
+    def death(self, how_noticed: str) -> str:
+        """Why the child is gone: its exit status or signal and its last line of stderr."""
+        try:
+            code = self.process.wait(timeout=EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return f"the process broke the protocol: {how_noticed}; it was killed"
+        last = self.channel.last_stderr_line()
+        if self.isolation == "namespaces" and 128 < code < 128 + signal.NSIG:
+            code = 128 - code   # bwrap exits with 128 + the signal that killed the program
+        if code == -signal.SIGKILL and self.cgroups.memory_exhausted():
+            raise BalancerFailure("memory", one_line(f"the process was killed at its memory cap ({how_noticed})"))
+        if code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                how += " (the system may have run out of memory)"
+            elif code == -signal.SIGXCPU:
+                how += " (its CPU time limit)"
+        else:
+            how = f"exit status {code}"
+        return f"the process died: {how}" + (f"; last output: {last}" if last else "")
 
     # -- the balancer ------------------------------------------------------
-    def __call__(self, weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int):
-        """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt) from the child."""
+    def __call__(self, weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+                 prev_phy2log: torch.Tensor | None = None, report: dict | None = None):
+        """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt) from the child.
+
+        prev_phy2log: [num_layers, num_replicas] or None; `report` is filled with the
+        program's report when it takes one.
+        """
         if self.process is None:
-            self.start()
+            raise BalancerFailure("crash", "the program's process is gone")
+        if self.shape != (weight.shape[0], weight.shape[1], num_replicas):
+            raise BalancerFailure("invalid", f"the child was started for shape {self.shape}")
         self.last_call_seconds = None
-        started = time.perf_counter()
-        try:
-            write_message(self.process.stdin, {"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus]},
-                          [weight.detach().cpu().numpy()])
-        except BrokenPipeError:
-            raise BalancerFailure("crash", self.death()) from None
-        header, arrays = self.receive(self.timeout)
-        self.roundtrip_seconds.append(time.perf_counter() - started)
-        if header.get("status") != "ok":
-            raise BalancerFailure(header.get("status", "invalid"), header.get("reason", "no reason given"))
-        if len(arrays) != 3:
-            raise BalancerFailure("invalid", f"expected 3 arrays, got {len(arrays)}")
-        self.last_call_seconds = float(header["seconds"])
-        return tuple(torch.from_numpy(np.array(array)) for array in arrays)
+        keywords = [name for name, given in (("prev_phy2log", prev_phy2log), ("report", report))
+                    if given is not None and name in self.accepts]
+        arrays = [weight.detach().cpu().numpy()]
+        if "prev_phy2log" in keywords:
+            arrays.append(prev_phy2log.detach().cpu().numpy().astype(np.int64, copy=False))
+        header = {"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus], "keywords": keywords}
+        seconds, reply, output, size = self.exchange(header, arrays, "the call")
+        if reply["status"] != "ok":
+            raise BalancerFailure(reply["status"], one_line(reply["reason"]))
+        if len(output) != 3:
+            raise BalancerFailure("invalid", f"expected 3 arrays, got {len(output)}")
+        baseline = self.baseline("prev_phy2log" in keywords, size)
+        self.roundtrip_seconds.append(seconds)
+        self.baseline_seconds.append(baseline)
+        child_clock = reply.get("seconds")
+        if isinstance(child_clock, (int, float)) and math.isfinite(child_clock):
+            self.child_seconds.append(float(child_clock))
+        self.last_call_seconds = max(seconds - baseline, 0.0)
+        if report is not None and isinstance(reply.get("report"), dict):
+            report.update(kept_report(reply["report"]))
+        return tuple(torch.from_numpy(array.copy()) for array in output)
+
+    def summary(self) -> dict:
+        """What the record keeps of this child: isolation, limits and the timing's parts."""
+        def median_ms(values):
+            return statistics.median(values) * 1e3 if values else None
+
+        return {"isolation": self.isolation, "timeout_s": self.timeout, "memory_mb": self.memory_mb,
+                "limits": self.limits.as_dict() if self.limits else None, "caps": self.caps,
+                "roundtrip_ms": median_ms(self.roundtrip_seconds),
+                "transfer_baseline_ms": median_ms(self.baseline_seconds),
+                "child_clock_ms": median_ms(self.child_seconds),
+                "calibration_ms": {key: [[size, seconds * 1e3] for size, seconds in points]
+                                   for key, points in (self.calibration or {}).items()}}

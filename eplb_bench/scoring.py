@@ -7,6 +7,7 @@ pure-Python simulation, so its published scores are not directly comparable.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 # Guards the speed terms against a clock that reads zero for a trivial balancer.
@@ -49,5 +50,9 @@ DEFAULT_SCORER = "adrs_leaderboard"
 
 
 def all_scores(metrics: dict, seconds: float) -> dict[str, float]:
-    """Every scorer's value for next-window metrics and a runtime in seconds."""
+    """Every scorer's value for next-window metrics and a runtime in seconds.
+
+    A runtime that is not a finite, non-negative number scores nothing: ValueError."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"a runtime of {seconds!r} s cannot be scored")
     return {name: scorer.function(metrics, seconds) for name, scorer in SCORERS.items()}

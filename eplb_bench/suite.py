@@ -8,17 +8,23 @@ unrelated domain B (8-11).
 
 from __future__ import annotations
 
+import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .datasets import read_manifest, write_dataset_files
+from .contract import Scenario
+from .datasets import Dataset, read_manifest, write_dataset_files
 from .loadstats import dataset_statistics
 from .synthetic import Phase, SyntheticSpec, generate
 
 SUITE_PHASES = (Phase(5, 0, "prefill"), Phase(3, 0, "decode"), Phase(4, 1, "prefill"))
+# Held-out draws keep the three phases and both switches, in fewer windows (four
+# scored window pairs instead of eleven), so that a draw costs a fraction of the suite.
+HELDOUT_PHASES = (Phase(2, 0, "prefill"), Phase(1, 0, "decode"), Phase(2, 1, "prefill"))
 # Steps of window 0 kept to measure one step's imbalance.
 MEASURED_STEPS = 20
 
@@ -133,6 +139,24 @@ def build_suite_dataset(name: str, directory: Path) -> dict:
     entry = SUITE[name]
     windows, first_steps = generate(entry.spec, keep_steps=MEASURED_STEPS)
     return write_dataset_files(Path(directory), name, windows, manifest_fields(entry, windows, first_steps))
+
+
+def heldout_seed() -> int:
+    """A seed from the operating system's random source, drawn at run time."""
+    return secrets.randbits(63)
+
+
+def heldout_dataset(name: str, seed: int) -> Dataset:
+    """A fresh draw of suite dataset `name`: its generator parameters with `seed` and
+    HELDOUT_PHASES. Windows: [5, num_layers, num_logical]. It has no stored bounds
+    (those belong to the public data) and is never written to disk."""
+    entry = SUITE[name]
+    spec = replace(entry.spec, seed=seed, phases=HELDOUT_PHASES)
+    windows, _ = generate(spec)
+    return Dataset(name=name, windows=torch.from_numpy(windows), num_groups=entry.num_groups,
+                   scenarios=[Scenario(**scenario) for scenario in entry.scenarios],
+                   window_steps=spec.window_steps, source=f"held-out draw of {name} (seed {seed})",
+                   meta={"model": entry.model, "top_k": spec.top_k, "generator": spec.as_dict(), "heldout_seed": seed})
 
 
 def regenerates_identically(manifest_path: Path) -> str | None:

@@ -73,7 +73,7 @@ def test_program_file_as_algorithm(small_npz, tmp_path, capsys):
     assert main(["run", "--json", "--algorithms", str(program), "--datasets", str(small_npz),
                  "--replicas", "24", "--gpus", "8"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["algorithm"] == "mine" and record["status"] == "ok" and record["num_groups"] == 8
+    assert record["algorithm"] == "mine.py" and record["status"] == "ok" and record["num_groups"] == 8
 
 
 def test_list(capsys):
