@@ -22,7 +22,7 @@ from .leaderboard import balancer_summary
 from .registry import AlgorithmInfo, program_name
 from .runner import BalancerFailure, Job, base_record, one_line, run_job
 from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
-from .suite import SUITE, heldout_dataset, heldout_seed
+from .suite import SUITE, heldout_datasets, heldout_seed
 
 SPLITS = ("public", "heldout")
 
@@ -78,8 +78,7 @@ def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_o
     `heldout_seed` only then. `scenarios_of(dataset)` gives the scenarios to score;
     `progress(record)` sees each record as it finishes, without its seed."""
     records, seeds = [], []
-    for name, seed in draws:
-        dataset = heldout_dataset(name, seed)
+    for (_, seed), dataset in zip(draws, heldout_datasets(draws)):
         for scenario in scenarios_of(dataset):
             record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
             record["split"] = "heldout"

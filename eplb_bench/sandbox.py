@@ -44,6 +44,7 @@ import torch
 from .isolation import (ISOLATIONS, SANDBOX_FOLDER, WORK_FOLDER, Cgroups, IsolationError, Limits, harness_paths,
                         make_cgroups, namespaces_unavailable, process_command, python_roots, sandbox_command)
 from .runner import BalancerFailure, one_line
+from .sandbox_child import encode_message
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 4096
@@ -172,17 +173,6 @@ class Channel:
             pass
         lines = [line for line in b"".join(self.tail).decode(errors="replace").splitlines() if line.strip()]
         return lines[-1] if lines else ""
-
-
-def encode_message(header: dict, arrays=()) -> bytes:
-    """The protocol's bytes (sandbox_child.py's write_message, into one buffer)."""
-    text = json.dumps(dict(header, arrays=len(arrays))).encode()
-    parts = [struct.pack("<I", len(text)), text]
-    for array in arrays:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        parts += [struct.pack("<Q", buffer.tell()), buffer.getvalue()]
-    return b"".join(parts)
 
 
 class IsolatedProgram:

@@ -47,14 +47,19 @@ STANDALONE = ("a program file must stand alone: the harness is not inside the sa
               "eplb_bench; copy what you need from it into the file")
 
 
-def write_message(stream, header: dict, arrays=()) -> None:
-    header = dict(header, arrays=len(arrays))
-    text = json.dumps(header).encode()
-    stream.write(struct.pack("<I", len(text)) + text)
+def encode_message(header: dict, arrays=()) -> bytes:
+    """The protocol's bytes of one message (module docstring)."""
+    text = json.dumps(dict(header, arrays=len(arrays))).encode()
+    parts = [struct.pack("<I", len(text)), text]
     for array in arrays:
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-        stream.write(struct.pack("<Q", buffer.tell()) + buffer.getvalue())
+        parts += [struct.pack("<Q", buffer.tell()), buffer.getvalue()]
+    return b"".join(parts)
+
+
+def write_message(stream, header: dict, arrays=()) -> None:
+    stream.write(encode_message(header, arrays))
     stream.flush()
 
 

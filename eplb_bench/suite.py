@@ -8,8 +8,11 @@ unrelated domain B (8-11).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import secrets
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -146,17 +149,37 @@ def heldout_seed() -> int:
     return secrets.randbits(63)
 
 
-def heldout_dataset(name: str, seed: int) -> Dataset:
-    """A fresh draw of suite dataset `name`: its generator parameters with `seed` and
-    HELDOUT_PHASES. Windows: [5, num_layers, num_logical]. It has no stored bounds
-    (those belong to the public data) and is never written to disk."""
-    entry = SUITE[name]
-    spec = replace(entry.spec, seed=seed, phases=HELDOUT_PHASES)
-    windows, _ = generate(spec)
+def heldout_spec(name: str, seed: int) -> SyntheticSpec:
+    """Suite dataset `name`'s generator parameters with `seed` and HELDOUT_PHASES."""
+    return replace(SUITE[name].spec, seed=seed, phases=HELDOUT_PHASES)
+
+
+def heldout_windows(name: str, seed: int) -> np.ndarray:
+    """[5, num_layers, num_logical] int64: the windows of one held-out draw."""
+    return generate(heldout_spec(name, seed))[0]
+
+
+def heldout_dataset(name: str, seed: int, windows: np.ndarray | None = None) -> Dataset:
+    """A fresh draw of suite dataset `name` (heldout_windows, or `windows` already
+    drawn). It has no stored bounds (those belong to the public data) and is never
+    written to disk."""
+    entry, spec = SUITE[name], heldout_spec(name, seed)
+    windows = heldout_windows(name, seed) if windows is None else windows
     return Dataset(name=name, windows=torch.from_numpy(windows), num_groups=entry.num_groups,
                    scenarios=[Scenario(**scenario) for scenario in entry.scenarios],
                    window_steps=spec.window_steps, source=f"held-out draw of {name} (seed {seed})",
                    meta={"model": entry.model, "top_k": spec.top_k, "generator": spec.as_dict(), "heldout_seed": seed})
+
+
+def heldout_datasets(draws: list[tuple[str, int]], workers: int | None = None) -> list[Dataset]:
+    """The held-out draws of (name, seed) pairs, generated in parallel processes (all
+    before any program is timed, so the timings do not share the machine with them)."""
+    workers = max(1, min(len(draws), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return [heldout_dataset(name, seed) for name, seed in draws]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        drawn = list(pool.map(heldout_windows, *zip(*draws)))
+    return [heldout_dataset(name, seed, windows) for (name, seed), windows in zip(draws, drawn)]
 
 
 def regenerates_identically(manifest_path: Path) -> str | None:

@@ -27,7 +27,7 @@ from eplb_bench.isolation import namespaces_unavailable
 from eplb_bench.registry import file_algorithm_info
 from eplb_bench.runner import Job, run_job
 from eplb_bench.scoring import all_scores
-from eplb_bench.suite import heldout_dataset
+from eplb_bench.suite import heldout_dataset, heldout_datasets
 
 from hostile_programs import HONEST_TAIL, PROGRAMS, honest_planner, memorizer
 
@@ -348,6 +348,10 @@ def test_a_heldout_draw_is_the_suite_generator_with_a_new_seed():
     assert first.routing == public.routing and "bounds" not in first.meta
     # Same load per step as the public data: prefill windows of 100 steps of 4096 tokens, top-2.
     assert int(first.windows[0, 0].sum()) == int(public.windows[0, 0].sum()) == 100 * 4096 * 2
+    # Drawn in parallel processes, the same windows as drawn here.
+    parallel = heldout_datasets([("mixtral-8x7b", 7), ("deepseek-v2-lite", 3)], workers=2)
+    assert parallel[0].windows.equal(first.windows)
+    assert parallel[1].windows.equal(heldout_dataset("deepseek-v2-lite", 3).windows)
 
 
 @needs_namespaces
