@@ -29,6 +29,8 @@ from scipy.special import ndtri
 IDLE_DEPTH = 4.0
 # Smallest expected share, so that every expert can be routed to at all.
 SHARE_FLOOR = 1e-7
+# Row length of the blocks in which `kth_largest` selects in long rows.
+SELECT_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ def idle_offsets(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
     return offsets
 
 
-def route_shares(rng: np.random.Generator, logits: np.ndarray, spec: SyntheticSpec, chunk: int = 1024) -> np.ndarray:
+def route_shares(rng: np.random.Generator, logits: np.ndarray, spec: SyntheticSpec, chunk: int = 128) -> np.ndarray:
     """Expected expert shares from routing `route_tokens` sampled tokens.
+
+    Tokens are routed `chunk` at a time; the chunk size changes neither the random
+    stream (the Gumbel draws come in the same order) nor the shares.
 
     Args:
         logits: [L, E] expert scores.
@@ -121,14 +126,13 @@ def route_shares(rng: np.random.Generator, logits: np.ndarray, spec: SyntheticSp
     """
     num_layers, num_logical = logits.shape
     hits = np.zeros((num_layers, num_logical))
-    layer_index = np.arange(num_layers)[None, :, None]
     for start in range(0, spec.route_tokens, chunk):
         tokens = min(chunk, spec.route_tokens - start)
-        scores = logits[None] + rng.gumbel(size=(tokens, num_layers, num_logical))
+        scores = rng.gumbel(size=(tokens, num_layers, num_logical))
+        scores += logits
         if spec.topk_groups:
             scores = limit_to_top_groups(scores, spec.routing_groups, spec.topk_groups)
-        chosen = np.argpartition(-scores, spec.top_k - 1, axis=-1)[..., : spec.top_k]
-        np.add.at(hits, (np.broadcast_to(layer_index, chosen.shape), chosen), 1.0)
+        hits += top_k_mask(scores, spec.top_k).sum(0)
     shares = hits / hits.sum(-1, keepdims=True) + SHARE_FLOOR
     return shares / shares.sum(-1, keepdims=True)
 
@@ -138,10 +142,39 @@ def limit_to_top_groups(scores: np.ndarray, num_groups: int, topk_groups: int) -
     tokens, layers, experts = scores.shape
     grouped = scores.reshape(tokens, layers, num_groups, experts // num_groups)
     group_score = np.sort(grouped, axis=-1)[..., -2:].sum(-1)
-    best_groups = np.argpartition(-group_score, topk_groups - 1, axis=-1)[..., :topk_groups]
-    keep = np.zeros(group_score.shape, dtype=bool)
-    np.put_along_axis(keep, best_groups, True, axis=-1)
-    return np.where(np.repeat(keep, experts // num_groups, axis=-1), scores, -np.inf)
+    keep = top_k_mask(group_score, topk_groups)
+    return np.where(keep[..., None], grouped, -np.inf).reshape(tokens, layers, experts)
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """scores: [..., N] -> [..., N] bool, True on each row's k largest.
+
+    The k-th largest value decides every row without a tie at it; a row with one
+    takes the k that `np.argpartition(-row, k - 1)[:k]` picks.
+    """
+    top = scores >= kth_largest(scores, k)[..., None]
+    tied = np.count_nonzero(top, axis=-1) != k
+    if tied.any():
+        rows = scores[tied]
+        picked = np.zeros(rows.shape, dtype=bool)
+        np.put_along_axis(picked, np.argpartition(-rows, k - 1, axis=-1)[:, :k], True, axis=-1)
+        top[tied] = picked
+    return top
+
+
+def kth_largest(values: np.ndarray, k: int) -> np.ndarray:
+    """values: [..., N] -> [...] the k-th largest value of each row.
+
+    Long rows go in blocks of SELECT_BLOCK: the k-th largest of the blocks' k largest
+    is the row's, and numpy selects fastest in short rows.
+    """
+    n = values.shape[-1]
+    if n > 2 * SELECT_BLOCK and n % SELECT_BLOCK == 0 and k <= SELECT_BLOCK:
+        blocks = values.reshape(*values.shape[:-1], n // SELECT_BLOCK, SELECT_BLOCK)
+        values = np.partition(blocks, SELECT_BLOCK - k, axis=-1)[..., SELECT_BLOCK - k:]
+        values = values.reshape(*values.shape[:-2], -1)
+        n = values.shape[-1]
+    return np.partition(values, n - k, axis=-1)[..., n - k]
 
 
 def step_loads(rng: np.random.Generator, shares: np.ndarray, routed: int, concentration: float) -> np.ndarray:

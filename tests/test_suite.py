@@ -151,3 +151,26 @@ def test_group_limited_routing_concentrates_on_top_groups():
     group_share = lambda loads: np.sort(loads.reshape(4, 8, 32).sum(-1), axis=-1)[:, ::-1] / loads.sum(-1, keepdims=True)
     # Tokens restricted to their top 4 of 8 groups: the top groups take more of the load.
     assert (group_share(limited)[:, :4].sum(-1) > group_share(free)[:, :4].sum(-1)).all()
+
+
+def test_top_k_mask_picks_what_argpartition_picks_also_on_ties():
+    from eplb_bench.synthetic import kth_largest, top_k_mask
+
+    rng = np.random.default_rng(0)
+    for shape, k in [((50, 7, 384), 8), ((50, 7, 256), 8), ((40, 3, 8), 4), ((40, 3, 8), 2)]:
+        for scores in (rng.integers(0, 5, shape).astype(float), rng.normal(size=shape)):
+            scores[0, 0] = -np.inf
+            chosen = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
+            expected = np.zeros(shape, dtype=bool)
+            np.put_along_axis(expected, chosen, True, axis=-1)
+            assert np.array_equal(top_k_mask(scores, k), expected)
+            assert np.array_equal(kth_largest(scores, k), np.sort(scores, axis=-1)[..., -k])
+
+
+def test_routing_chunks_do_not_change_the_shares():
+    from eplb_bench.synthetic import route_shares
+
+    spec = SyntheticSpec(3, 64, 6, routing_groups=8, topk_groups=3, route_tokens=300)
+    logits = np.random.default_rng(1).normal(size=(3, 64))
+    shares = [route_shares(np.random.default_rng(2), logits, spec, chunk) for chunk in (1, 7, 128, 1024)]
+    assert all(np.array_equal(shares[0], other) for other in shares[1:])
