@@ -1,9 +1,11 @@
 """A leaderboard built from result records: Markdown, two plots and one HTML page.
 
-Everything here reads result records (the JSON lines `eplb-bench run` writes), never
-a live run. Rankings are made per machine: runtimes, and so every score with a
-speed term, depend on where they were measured, so records from different machines
-are never ranked against each other.
+Everything here reads result records (the JSON lines `eplb-bench run` and
+`eplb-bench evaluate` write), never a live run. Rankings are made per split and
+machine: the public split (the shipped datasets) and the held-out split (fresh draws
+of the synthetic generators) are ranked apart, and runtimes, and so every score with
+a speed term, depend on where they were measured, so records from different machines
+are never ranked against each other. A result that was not isolated is marked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from .scoring import DEFAULT_SCORER, SCORERS
 IDENTITY_FIELDS = ("algorithm", "dataset", "scenario", "num_replicas", "num_groups", "num_nodes", "num_gpus",
                    "device", "predictor")
 REQUIRED_FIELDS = ("algorithm", "dataset", "status")
+# Measured values that must be finite and non-negative wherever a record holds one;
+# every value in `scores` must be finite (a score may be negative).
+NON_NEGATIVE_FIELDS = ("runtime_ms", "runtime_ms_min", "runtime_ms_max", "balancedness_gpu",
+                       "balancedness_gpu_insample")
+# Record splits, in the order their sections appear; a record without `split` is public.
+SPLITS = ("public", "heldout")
+HELDOUT = "heldout"
+# An evaluated program is named by its file; the harness's registered balancers never are.
+PROGRAM_SUFFIX = ".py"
+NOT_ISOLATED_MARK = "†"
 # Runtimes are drawn on a log axis and averaged geometrically; a zero clock reading
 # is taken as this many milliseconds.
 MIN_RUNTIME_MS = 1e-6
@@ -40,6 +52,15 @@ INCOMPLETE_RULE = ("A balancer that failed, or was not run, on some scenario ran
                    "that completed them all, whatever its mean over fewer scenarios.")
 PER_MACHINE_RULE = ("Rankings are per machine and never mixed: runtimes, and every score with a speed term, "
                     "depend on where they were measured.")
+HELDOUT_HEADING = "Held-out draws (fresh seeds, seed in each record)"
+HELDOUT_RULE = ("Held-out records score fresh random draws of the synthetic suite generators, seeded at run time, "
+                "so no program could have been tuned to these draws. They are ranked here on their own and never enter "
+                "the public standings above. A balancer's draws of different seeds are pooled: its means are "
+                "over all its held-out records, and a scenario counts as ok only when every draw of it was ok.")
+PUBLIC_ONLY_RULE = ("The standings, scenario tables and plots before the held-out section are of the public split "
+                    "(the shipped datasets) only.")
+NOT_ISOLATED_LEGEND = (f"{NOT_ISOLATED_MARK} not isolated: ran with --isolation process (or, as a program file, in "
+                       "the harness's own process), a program could have forged it.")
 
 
 class ResultsError(Exception):
@@ -59,6 +80,52 @@ class Table(NamedTuple):
 # ---------------------------------------------------------------- reading records
 
 
+def _number_problem(value, non_negative: bool) -> str | None:
+    """Why `value` is not a usable measurement (a finite number, >= 0 if asked), or None.
+    Python's json reads NaN and Infinity, so finiteness is checked here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"is not a number ({type(value).__name__})"
+    if not math.isfinite(value):
+        return f"is {value}"
+    if non_negative and value < 0:
+        return f"is negative ({value})"
+    return None
+
+
+def _measurement_problem(record: dict) -> str | None:
+    """Why a record's runtimes, balancedness or scores cannot be used, or None (None values are missing ones)."""
+    for field in NON_NEGATIVE_FIELDS:
+        if record.get(field) is not None:
+            problem = _number_problem(record[field], non_negative=True)
+            if problem:
+                return f"{field} {problem}"
+    scores = record.get("scores")
+    if scores is None:
+        return None
+    if not isinstance(scores, dict):
+        return f"scores must be an object, got {type(scores).__name__}"
+    for name, value in scores.items():
+        problem = None if value is None else _number_problem(value, non_negative=False)
+        if problem:
+            return f"scores.{name} {problem}"
+    return None
+
+
+def _label_problem(record: dict) -> str | None:
+    """Why a record's status, split, held-out seed or isolation is malformed, or None."""
+    if not isinstance(record["status"], str):
+        return f"status must be a string, got {type(record['status']).__name__}"
+    split = record.get("split")
+    if split is not None and split not in SPLITS:
+        return f"split must be one of {', '.join(SPLITS)}, got {split!r}"
+    seed = record.get("heldout_seed")
+    if split == HELDOUT and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"a held-out record needs an integer heldout_seed, got {seed!r}"
+    if not isinstance(record.get("isolation", ""), (str, type(None))):
+        return f"isolation must be a string, got {type(record['isolation']).__name__}"
+    return None
+
+
 def _parse_line(text: str, where: str) -> dict | None:
     """One JSON line as a record (None for an evaluate summary), or ResultsError naming `where` (FILE:LINE)."""
     try:
@@ -72,6 +139,9 @@ def _parse_line(text: str, where: str) -> dict | None:
     missing = [field for field in REQUIRED_FIELDS if field not in record]
     if missing:
         raise ResultsError(f"{where}: record lacks {', '.join(missing)}")
+    problem = _label_problem(record) or _measurement_problem(record)
+    if problem:
+        raise ResultsError(f"{where}: {problem}")
     return record
 
 
@@ -84,17 +154,39 @@ def _read_lines(path: Path) -> list[str]:
         raise ResultsError(f"{path}: cannot read: {' '.join(str(reason).split())}") from None
 
 
+def record_split(record: dict) -> str:
+    """A record's split: "public" (the shipped datasets; also every record without the
+    field, as `eplb-bench run` writes) or "heldout" (a fresh draw, seed in `heldout_seed`)."""
+    return record.get("split") or "public"
+
+
+def is_isolated(record: dict) -> bool:
+    """Whether a record's result can be trusted as measured: a program file scored in
+    Linux namespaces (isolation "namespaces"), or one of the harness's registered
+    balancers run in its own process (no isolation field, a name not ending in ".py").
+    Anything else, --isolation process above all, is not isolated."""
+    isolation = record.get("isolation")
+    if isolation is None:
+        return not str(record["algorithm"]).endswith(PROGRAM_SUFFIX)
+    return isolation == "namespaces"
+
+
 def record_identity(record: dict) -> tuple:
-    """What names one measurement: the scenario, balancer, device, predictor and machine."""
-    return tuple(str(record.get(field)) for field in IDENTITY_FIELDS) + (machine_label(record),)
+    """What names one measurement: the scenario, balancer, device, predictor, split
+    (with the held-out seed) and machine."""
+    return (tuple(str(record.get(field)) for field in IDENTITY_FIELDS)
+            + (record_split(record), str(record.get("heldout_seed")), machine_label(record)))
 
 
 def load_records(paths: Iterable[str | Path]) -> list[dict]:
     """Records of the given .jsonl files, in file order; blank lines and the summary
     line of `evaluate --json` are skipped.
 
-    A line that is not a JSON object with at least algorithm, dataset and status, or
-    a file that cannot be read, raises ResultsError ("FILE:LINE: reason"). When one
+    A line that is not a JSON object with at least algorithm, dataset and a string
+    status, or that holds a runtime or balancedness that is not a finite non-negative
+    number (NaN and Infinity included), a score that is not finite, scores that are
+    not an object, an unknown split or a held-out record without an integer seed, or a
+    file that cannot be read, raises ResultsError ("FILE:LINE: reason"). When one
     measurement (see `record_identity`) appears more than once, the last one wins.
     """
     latest: dict[tuple, dict] = {}
@@ -152,11 +244,20 @@ def _is_scored(record: dict) -> bool:
     return record.get("status") == "ok"
 
 
-def balancer_summary(records: list[dict], scenarios_total: int) -> dict:
-    """One balancer's records on one machine summarised (not yet ranked).
+def _scenarios_ok(records: list[dict]) -> set:
+    """The scenarios on which every one of these records is ok (a scenario drawn
+    with several held-out seeds counts only when every draw was ok)."""
+    failed = {_scenario_key(r) for r in records if not _is_scored(r)}
+    return {_scenario_key(r) for r in records if _is_scored(r)} - failed
 
-    Each scorer's mean is over the scenarios that scorer was scored on; balancedness
-    and runtime means are over the ok scenarios; failures list "status (scenario)".
+
+def balancer_summary(records: list[dict], scenarios_total: int) -> dict:
+    """One balancer's records on one machine and split summarised (not yet ranked).
+
+    Each scorer's mean is over the records that scorer was scored on; balancedness
+    and runtime means are over the ok records; failures list "status (scenario)".
+    `isolated` is whether every record was (see `is_isolated`); `heldout_seeds`
+    lists the held-out seeds pooled (empty for the public split).
     """
     ok = [r for r in records if _is_scored(r)]
     failed = [r for r in records if not _is_scored(r)]
@@ -166,12 +267,15 @@ def balancer_summary(records: list[dict], scenarios_total: int) -> dict:
     balance = [r["balancedness_gpu"] for r in ok if r.get("balancedness_gpu") is not None]
     return {
         "machine": machine_label(records[0]),
+        "split": record_split(records[0]),
         "algorithm": records[0]["algorithm"],
+        "isolated": all(is_isolated(r) for r in records),
+        "heldout_seeds": sorted({r["heldout_seed"] for r in records if r.get("heldout_seed") is not None}),
         "scores": scores,
         "balancedness_gpu": _mean(balance),
         "runtime_ms": _mean(runtimes),
         "runtime_ms_geomean": _geometric_mean(runtimes),
-        "scenarios_ok": len({_scenario_key(r) for r in ok}),
+        "scenarios_ok": len(_scenarios_ok(records)),
         "scenarios_total": scenarios_total,
         "failures": sorted(f"{r['status']} ({scenario_title(r)})" for r in failed),
         "failed_statuses": sorted({str(r["status"]) for r in failed}),
@@ -190,22 +294,31 @@ def _check_scorer(scorer: str) -> None:
         raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
 
 
-def standings(records: list[dict], scorer: str = DEFAULT_SCORER) -> list[dict]:
-    """One ranked row per (machine label, balancer), machines in name order.
+def ranking_group(record: dict) -> tuple[int, str, str]:
+    """Which ranking a record belongs to: its split (public first) and machine label.
+    Records of different groups are never ranked against each other."""
+    split = record_split(record)
+    return (SPLITS.index(split), split, machine_label(record))
 
-    Ranking rule, within each machine label: a balancer that is complete (ok on every
-    scenario measured on that machine by any balancer) ranks above every incomplete
+
+def standings(records: list[dict], scorer: str = DEFAULT_SCORER) -> list[dict]:
+    """One ranked row per (split, machine label, balancer): the public split first,
+    then the held-out one, machines in name order within each.
+
+    Ranking rule, within each split and machine label (`ranking_group`): a balancer
+    that is complete (ok on every scenario of that split measured on that machine by
+    any balancer; for held-out draws, ok on every draw of it) ranks above every incomplete
     one, whatever the incomplete one's mean over fewer scenarios; complete balancers
     are ordered by their mean `scorer` score, best first; incomplete ones by scenarios
-    ok, most first, then by mean score. Each row holds: machine, algorithm, rank
-    (1-based within the machine), complete, scores (scorer -> mean over the scenarios
-    scored), balancedness_gpu (mean, next window), runtime_ms (mean) and
-    runtime_ms_geomean, scenarios_ok, scenarios_total, failures and failed_statuses.
+    ok, most first, then by mean score. Each row holds: machine, split, algorithm,
+    rank (1-based within the split and machine), complete, isolated, heldout_seeds,
+    scores (scorer -> mean over the records scored), balancedness_gpu (mean, next
+    window), runtime_ms (mean) and runtime_ms_geomean, scenarios_ok, scenarios_total,
+    failures and failed_statuses.
     """
     _check_scorer(scorer)
     rows = []
-    by_machine = sorted(records, key=machine_label)
-    for machine, machine_records in groupby(by_machine, key=machine_label):
+    for _, machine_records in groupby(sorted(records, key=ranking_group), key=ranking_group):
         machine_records = list(machine_records)
         scenarios_total = len({_scenario_key(r) for r in machine_records})
         by_algorithm = sorted(machine_records, key=lambda r: str(r["algorithm"]))
@@ -250,27 +363,47 @@ def _score_names(scorer: str) -> list[str]:
     return [scorer] + [name for name in SCORERS if name != scorer]
 
 
+def display_name(name, isolated: bool) -> str:
+    """A balancer's name as tables and plots show it: marked when not isolated."""
+    return str(name) if isolated else f"{name} {NOT_ISOLATED_MARK}"
+
+
+def _note(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+def _table_id(base: str, taken: list[str]) -> str:
+    """`base` for the first table of its kind, then base-2, base-3, ..."""
+    count = sum(1 for table_id in taken if table_id == base or table_id.startswith(f"{base}-"))
+    return base if not count else f"{base}-{count + 1}"
+
+
 def standings_tables(rows: list[dict], scorer: str) -> list[Table]:
-    """One ranked table per machine label from `standings` rows."""
-    header = (["rank", "balancer"] + _score_names(scorer)
-              + ["GPU balancedness (next window)", "runtime ms (mean)", "scenarios ok"])
+    """One ranked table per (split, machine label) from `standings` rows; held-out
+    tables also count the seeds each balancer's means pool."""
     tables = []
-    for machine, group in groupby(rows, key=lambda row: row["machine"]):
+    for (split, machine), group in groupby(rows, key=lambda row: (row["split"], row["machine"])):
+        group = list(group)
+        heldout = split == HELDOUT
+        header = (["rank", "balancer"] + _score_names(scorer)
+                  + ["GPU balancedness (next window)", "runtime ms (mean)", "scenarios ok"]
+                  + (["seeds pooled"] if heldout else []))
         body = []
         for row in group:
-            cells = [str(row["rank"]) + ("" if row["complete"] else "*"), str(row["algorithm"])]
+            cells = [str(row["rank"]) + ("" if row["complete"] else "*"),
+                     display_name(row["algorithm"], row["isolated"])]
             cells += [_number(row["scores"][name], "{:.4f}") for name in _score_names(scorer)]
             cells += [_number(row["balancedness_gpu"], "{:.4f}"), _number(row["runtime_ms"], "{:.2f}"),
                       f"{row['scenarios_ok']}/{row['scenarios_total']}"]
-            body.append(cells)
-        incomplete = [row for row in rows if row["machine"] == machine and not row["complete"]]
-        note = ""
-        if incomplete:
-            failures = "; ".join(f"{row['algorithm']}: {', '.join(row['failures']) or 'not run everywhere'}"
-                                 for row in incomplete)
-            note = f"Ranks marked * are incomplete. {INCOMPLETE_RULE} Failures: {failures}."
-        tables.append(Table(f"Standings on {machine}, ranked by {scorer}", header, body, note,
-                            "standings" if not tables else f"standings-{len(tables) + 1}"))
+            body.append(cells + ([str(len(row["heldout_seeds"]))] if heldout else []))
+        incomplete = [row for row in group if not row["complete"]]
+        failures = "; ".join(f"{row['algorithm']}: {', '.join(row['failures']) or 'not run everywhere'}"
+                             for row in incomplete)
+        note = _note(f"Ranks marked * are incomplete. {INCOMPLETE_RULE} Failures: {failures}." if incomplete else "",
+                     NOT_ISOLATED_LEGEND if not all(row["isolated"] for row in group) else "")
+        title = f"{'Held-out standings' if heldout else 'Standings'} on {machine}, ranked by {scorer}"
+        table_id = _table_id("heldout-standings" if heldout else "standings", [table.table_id for table in tables])
+        tables.append(Table(title, header, body, note, table_id))
     return tables
 
 
@@ -281,42 +414,48 @@ def _status_cell(record: dict) -> str:
 
 
 def _scenario_heading(record: dict, machine: str) -> str:
-    return (f"{scenario_title(record)}: R={record.get('num_replicas')} groups={record.get('num_groups')} "
+    return (f"{'Held-out ' if record_split(record) == HELDOUT else ''}{scenario_title(record)}: "
+            f"R={record.get('num_replicas')} groups={record.get('num_groups')} "
             f"nodes={record.get('num_nodes')} gpus={record.get('num_gpus')} device={record.get('device')} "
             f"predictor={record.get('predictor', 'last')} on {machine}")
 
 
 def _ranked_in_scenario(records: list[dict], scorer: str) -> list[dict]:
-    """A scenario's records best first by `scorer`, then unscored ones by name."""
+    """A scenario's records best first by `scorer`, then unscored ones by name (and seed)."""
     def order(record):
         score = (record.get("scores") or {}).get(scorer) if _is_scored(record) else None
-        return (score is None, -(score or 0.0), str(record["algorithm"]))
+        return (score is None, -(score or 0.0), str(record["algorithm"]), str(record.get("heldout_seed")))
     return sorted(records, key=order)
 
 
 def scenario_tables(records: list[dict], scorer: str) -> list[Table]:
-    """One table per (machine label, dataset/scenario), ranked by `scorer`."""
-    header = (["rank", "balancer", "GPU bal. next", "GPU bal. in-sample", "ceiling", "gap", "ms"]
-              + _score_names(scorer) + ["status"])
-
+    """One table per (split, machine label, dataset/scenario), ranked by `scorer`;
+    held-out tables have one row per draw, its seed in a column."""
     def key(record):
-        return (machine_label(record),) + tuple(map(str, _scenario_key(record)))
+        return ranking_group(record) + tuple(map(str, _scenario_key(record)))
 
     tables = []
     for _, group in groupby(sorted(records, key=key), key=key):
         group = _ranked_in_scenario(list(group), scorer)
+        heldout = record_split(group[0]) == HELDOUT
+        header = (["rank", "balancer"] + (["seed"] if heldout else [])
+                  + ["GPU bal. next", "GPU bal. in-sample", "ceiling", "gap", "ms"] + _score_names(scorer) + ["status"])
         body = []
         for rank, record in enumerate(group, 1):
             scores = record.get("scores") or {}
             body.append([
-                str(rank) if _is_scored(record) else MISSING, str(record["algorithm"]),
+                str(rank) if _is_scored(record) else MISSING, display_name(record["algorithm"], is_isolated(record)),
+            ] + ([str(record.get("heldout_seed"))] if heldout else []) + [
                 _number(record.get("balancedness_gpu"), "{:.4f}"),
                 _number(record.get("balancedness_gpu_insample"), "{:.4f}"),
                 _number(record.get("balancedness_ceiling"), "{:.4f}"),
                 _number(record.get("optimality_gap"), "{:.2%}"),
                 _number(record.get("runtime_ms"), "{:.2f}"),
             ] + [_number(scores.get(name), "{:.4f}") for name in _score_names(scorer)] + [_status_cell(record)])
-        tables.append(Table(_scenario_heading(group[0], machine_label(group[0])), header, body))
+        several_seeds = len({record.get("heldout_seed") for record in group}) > 1
+        note = _note("Rows are draws of different seeds." if heldout and several_seeds else "",
+                     NOT_ISOLATED_LEGEND if not all(map(is_isolated, group)) else "")
+        tables.append(Table(_scenario_heading(group[0], machine_label(group[0])), header, body, note))
     return tables
 
 
@@ -339,20 +478,47 @@ def _machines(records: list[dict]) -> list[str]:
     return sorted({machine_label(r) for r in records})
 
 
+def records_by_split(records: list[dict]) -> dict[str, list[dict]]:
+    """The records of each split, every split in SPLITS order (empty where none)."""
+    return {split: [r for r in records if record_split(r) == split] for split in SPLITS}
+
+
+def _record_count(records: list[dict]) -> str:
+    """"N records", with the split counts when there are held-out ones."""
+    heldout = len(records_by_split(records)[HELDOUT])
+    return f"{len(records)} records" + (f" ({len(records) - heldout} public, {heldout} held-out)" if heldout else "")
+
+
+def _page_notes(records: list[dict]) -> list[str]:
+    """The rules a page states under its title, beyond the ranking rule."""
+    notes = [PER_MACHINE_RULE] if len(_machines(records)) > 1 else []
+    return notes + ([PUBLIC_ONLY_RULE] if records_by_split(records)[HELDOUT] else [])
+
+
+def _no_public_records(records: list[dict]) -> str:
+    return "No records." if not records else "No public records."
+
+
 def leaderboard_markdown(records: list[dict], scorer: str) -> str:
-    """The whole leaderboard as Markdown: standings per machine, then every scenario."""
-    machines = _machines(records)
+    """The whole leaderboard as Markdown: public standings per machine, then every
+    public scenario, then (when there are any) the held-out draws' own section."""
+    splits = records_by_split(records)
     parts = ["# EPLB leaderboard", "",
              f"Ranked by `{scorer}` ({SCORERS[scorer].formula}; higher is better). "
-             f"{len(records)} records, {len(machines)} machine(s). {INCOMPLETE_RULE}"]
-    if len(machines) > 1:
-        parts += ["", PER_MACHINE_RULE]
-    tables = standings_tables(standings(records, scorer), scorer)
+             f"{_record_count(records)}, {len(_machines(records))} machine(s). {INCOMPLETE_RULE}"]
+    parts += [part for note in _page_notes(records) for part in ("", note)]
+    tables = standings_tables(standings(splits["public"], scorer), scorer)
     if not tables:
-        parts += ["", "No records."]
+        parts += ["", _no_public_records(records)]
     parts += ["\n" + markdown_table(table) for table in tables]
     parts += ["", "## Scenarios"]
-    parts += ["\n" + markdown_table(table, level=3) for table in scenario_tables(records, scorer)]
+    parts += ["\n" + markdown_table(table, level=3) for table in scenario_tables(splits["public"], scorer)]
+    if splits[HELDOUT]:
+        parts += ["", f"## {HELDOUT_HEADING}", "", HELDOUT_RULE]
+        parts += ["\n" + markdown_table(table, level=3)
+                  for table in standings_tables(standings(splits[HELDOUT], scorer), scorer)]
+        parts += ["", "### Held-out scenarios"]
+        parts += ["\n" + markdown_table(table, level=4) for table in scenario_tables(splits[HELDOUT], scorer)]
     return "\n".join(parts) + "\n"
 
 
@@ -408,8 +574,8 @@ def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
                 colour = colours[row["algorithm"]]
                 ax.scatter([x], [y], s=70, marker=marker, zorder=3, edgecolors=colour, linewidths=1.5,
                            facecolors=colour if row["complete"] else "none")
-                label = row["algorithm"] + ("" if row["complete"] else f" ({row['scenarios_ok']}/"
-                                            f"{row['scenarios_total']})")
+                label = display_name(row["algorithm"], row["isolated"]) + (
+                    "" if row["complete"] else f" ({row['scenarios_ok']}/{row['scenarios_total']})")
                 ax.annotate(label, (x, y), xytext=(7, 5), textcoords="offset points", fontsize=9)
             ax.scatter([], [], marker=marker, color="grey", label=machine)
             complete = [(point, row) for point, row in zip(points, group) if row["complete"]]
@@ -448,6 +614,7 @@ def _draw_balance_bars(ax, records: list[dict], colours: dict[str, tuple]) -> No
 
     scenarios = [list(group) for _, group in groupby(sorted(records, key=key), key=key)]
     names = sorted({str(r["algorithm"]) for r in records})
+    not_isolated = {str(r["algorithm"]) for r in records if not is_isolated(r)}
     width = 0.8 / len(names)
     lowest = 1.0
     missing = []  # (x, colour) of balancers that ran and failed
@@ -461,7 +628,7 @@ def _draw_balance_bars(ax, records: list[dict], colours: dict[str, tuple]) -> No
             if value is None or not _is_scored(by_name[name]):
                 missing.append((x, colours[name]))
                 continue
-            ax.bar(x, value, width, color=colours[name], label=name)
+            ax.bar(x, value, width, color=colours[name], label=display_name(name, name not in not_isolated))
             lowest = min(lowest, value)
         ceilings = [r["balancedness_ceiling"] for r in group if r.get("balancedness_ceiling") is not None]
         if ceilings:
@@ -551,21 +718,25 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def _html_note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
 def leaderboard_html(records: list[dict], scorer: str, scatter: Path, bars: Path) -> str:
-    """One self-contained page: inline CSS, the tables, and the plots embedded as data URIs."""
-    machines = _machines(records)
+    """One self-contained page: inline CSS, the tables, and the plots embedded as data
+    URIs; the public split first, then (when there are any) the held-out draws' section."""
+    splits = records_by_split(records)
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         "<title>EPLB leaderboard</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
         "<h1>EPLB leaderboard</h1>",
         f'<p class="note">Ranked by <code>{html.escape(scorer)}</code> '
-        f"({html.escape(SCORERS[scorer].formula)}; higher is better). {len(records)} records, "
-        f"{len(machines)} machine(s). {html.escape(INCOMPLETE_RULE)}</p>",
+        f"({html.escape(SCORERS[scorer].formula)}; higher is better). {html.escape(_record_count(records))}, "
+        f"{len(_machines(records))} machine(s). {html.escape(INCOMPLETE_RULE)}</p>",
     ]
-    if len(machines) > 1:
-        parts.append(f'<p class="note">{html.escape(PER_MACHINE_RULE)}</p>')
-    tables = standings_tables(standings(records, scorer), scorer)
-    parts += [html_table(table) for table in tables] or ["<p>No records.</p>"]
+    parts += [_html_note(note) for note in _page_notes(records)]
+    tables = standings_tables(standings(splits["public"], scorer), scorer)
+    parts += [html_table(table) for table in tables] or [f"<p>{_no_public_records(records)}</p>"]
     parts += [
         "<h2>Plots</h2>",
         f'<img src="{png_data_uri(scatter)}" alt="Mean GPU balancedness against mean runtime per balancer, '
@@ -574,7 +745,12 @@ def leaderboard_html(records: list[dict], scorer: str, scatter: Path, bars: Path
         'scenario, with the ILP ceiling where known">',
         "<h2>Scenarios</h2>",
     ]
-    parts += [html_table(table) for table in scenario_tables(records, scorer)]
+    parts += [html_table(table) for table in scenario_tables(splits["public"], scorer)]
+    if splits[HELDOUT]:
+        parts += [f'<h2 id="heldout">{html.escape(HELDOUT_HEADING)}</h2>', _html_note(HELDOUT_RULE)]
+        parts += [html_table(table) for table in standings_tables(standings(splits[HELDOUT], scorer), scorer)]
+        parts += ["<h3>Held-out scenarios</h3>"]
+        parts += [html_table(table) for table in scenario_tables(splits[HELDOUT], scorer)]
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -582,13 +758,14 @@ def leaderboard_html(records: list[dict], scorer: str, scatter: Path, bars: Path
 def write_leaderboard(records: list[dict], out_dir: str | Path, scorer: str = DEFAULT_SCORER) -> dict[str, Path]:
     """Write leaderboard.md, balance_vs_runtime.png, balance_by_dataset.png and
     leaderboard.html into `out_dir` (created if needed); return their paths by kind
-    ("markdown", "scatter", "bars", "html")."""
+    ("markdown", "scatter", "bars", "html"). The plots show the public split only."""
     _check_scorer(scorer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / name for kind, name in FILES.items()}
     paths["markdown"].write_text(leaderboard_markdown(records, scorer), encoding="utf-8")
-    plot_balance_vs_runtime(standings(records, scorer), paths["scatter"])
-    plot_balance_by_dataset(records, paths["bars"])
+    public = records_by_split(records)["public"]
+    plot_balance_vs_runtime(standings(public, scorer), paths["scatter"])
+    plot_balance_by_dataset(public, paths["bars"])
     paths["html"].write_text(leaderboard_html(records, scorer, paths["scatter"], paths["bars"]), encoding="utf-8")
     return paths

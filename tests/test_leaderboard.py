@@ -1,5 +1,6 @@
 """The leaderboard: reading result files, standings, the Pareto front, and the written page."""
 
+import html
 import json
 import os
 import re
@@ -11,8 +12,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eplb_bench.leaderboard import (ResultsError, load_records, machine_label, pareto_front, standings,
-                                    write_leaderboard)
+from eplb_bench.leaderboard import (HELDOUT_HEADING, NOT_ISOLATED_LEGEND, ResultsError, is_isolated, load_records,
+                                    machine_label, pareto_front, standings, write_leaderboard)
 
 CPU_HOST = {"machine": "x86_64", "processor": "x86_64", "python": "3.11.7", "torch": "2.13.0+cpu"}
 GPU_HOST = {**CPU_HOST, "torch": "2.13.0+cu128", "gpu": "NVIDIA H100 80GB HBM3"}
@@ -265,6 +266,144 @@ def test_missing_values_show_as_a_dash(tmp_path):
     assert rows["b"][4] == "1.0000" and rows["b"][5] == "10.00%"
     standings_rows = {row[1]: row for row in table_rows(markdown, "## Standings on ")}
     assert standings_rows["a"][2] == "-" and standings_rows["a"][3] == "0.5000"
+
+
+# ---------------------------------------------------------------- splits, isolation, malformed values
+
+
+def heldout(base, seed):
+    return dict(base, split="heldout", heldout_seed=seed)
+
+
+def public_and_heldout():
+    """Public: a beats b. Held-out: b beats a, a pooled over two seeds, and c only held-out."""
+    public = [record("a", gpu=0.9), record("b", gpu=0.8)]
+    drawn = [heldout(record("b", gpu=0.95), 11), heldout(record("a", gpu=0.7), 11), heldout(record("a", gpu=0.6), 12),
+             heldout(record("c", gpu=0.99), 13)]
+    return public, drawn
+
+
+def cells(rows, column):
+    return [row[column] for row in rows]
+
+
+def test_heldout_records_are_ranked_in_their_own_labelled_section(tmp_path):
+    public, drawn = public_and_heldout()
+    rows = standings(public + drawn, "adrs_leaderboard")
+    assert [(row["split"], row["algorithm"], row["rank"]) for row in rows] == [
+        ("public", "a", 1), ("public", "b", 2), ("heldout", "c", 1), ("heldout", "b", 2), ("heldout", "a", 3)]
+    pooled = rows[-1]
+    assert pooled["heldout_seeds"] == [11, 12] and pooled["balancedness_gpu"] == pytest.approx(0.65)
+    assert (pooled["scenarios_ok"], pooled["scenarios_total"], pooled["complete"]) == (1, 1, True)
+
+    paths = write_leaderboard(public + drawn, tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert markdown.index("## Standings on ") < markdown.index(f"## {HELDOUT_HEADING}")
+    assert "pooled" in markdown.split(f"## {HELDOUT_HEADING}", 1)[1]
+    assert "6 records (2 public, 4 held-out)" in markdown
+    assert cells(table_rows(markdown, "## Standings on "), 1) == ["a", "b"]
+    assert cells(table_rows(markdown, "### d s1"), 1) == ["a", "b"]
+    held_standings = table_rows(markdown, "### Held-out standings on cpu: x86_64 (torch 2.13.0)")
+    assert cells(held_standings, 0) == ["1", "2", "3"] and cells(held_standings, 1) == ["c", "b", "a"]
+    assert cells(held_standings, -1) == ["1", "1", "2"]  # seeds pooled
+    held_scenario = table_rows(markdown, "#### Held-out d s1")
+    assert [(row[1], row[2]) for row in held_scenario] == [("c", "13"), ("b", "11"), ("a", "11"), ("a", "12")]
+    assert "Rows are draws of different seeds." in markdown
+
+    page = paths["html"].read_text()
+    assert f"<h2 id=\"heldout\">{HELDOUT_HEADING}</h2>" in page
+    assert page.index('<table id="standings">') < page.index('<table id="heldout-standings">')
+    assert "Held-out standings on cpu" in page and "Held-out d s1" in page
+
+
+def test_a_heldout_only_file_has_no_public_standings(tmp_path):
+    _, drawn = public_and_heldout()
+    markdown = write_leaderboard(drawn, tmp_path)["markdown"].read_text()
+    assert "No public records." in markdown and "## Standings on " not in markdown
+    assert cells(table_rows(markdown, "### Held-out standings on "), 1) == ["c", "b", "a"]
+
+
+def test_heldout_records_never_change_the_public_standings(tmp_path):
+    public, drawn = public_and_heldout()
+    alone = standings(public, "adrs_leaderboard")
+    mixed = [row for row in standings(public + drawn, "adrs_leaderboard") if row["split"] == "public"]
+    assert mixed == alone
+    with_heldout = write_leaderboard(public + drawn, tmp_path / "mixed")["markdown"].read_text()
+    without = write_leaderboard(public, tmp_path / "public")["markdown"].read_text()
+    public_part = with_heldout.split("## Standings on ", 1)[1].split(f"## {HELDOUT_HEADING}", 1)[0]
+    assert public_part.rstrip() == without.split("## Standings on ", 1)[1].rstrip()
+
+
+def test_a_heldout_record_does_not_replace_the_public_one(tmp_path):
+    base = record("a")
+    again = heldout(record("a", gpu=0.5), 2)
+    path = write_jsonl(tmp_path / "r.jsonl", [base, heldout(base, 1), heldout(base, 2), again])
+    loaded = load_records([path])
+    assert [(r.get("split", "public"), r.get("heldout_seed")) for r in loaded] == [
+        ("public", None), ("heldout", 1), ("heldout", 2)]
+    assert loaded[-1]["balancedness_gpu"] == 0.5  # the same draw again: the last one wins
+
+
+def test_results_that_were_not_isolated_are_marked(tmp_path):
+    records = [dict(record("safe.py", gpu=0.8), isolation="namespaces"),
+               dict(record("risky.py", gpu=0.9), isolation="process"), record("fast", gpu=0.7)]
+    assert [is_isolated(r) for r in records] == [True, False, True]
+    assert not is_isolated(record("inproc.py"))  # a program file run in the harness's own process
+    rows = standings(records, "adrs_leaderboard")
+    assert [(row["algorithm"], row["isolated"]) for row in rows] == [
+        ("risky.py", False), ("safe.py", True), ("fast", True)]
+    paths = write_leaderboard(records + [heldout(dict(record("risky.py"), isolation="process"), 5)], tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert cells(table_rows(markdown, "## Standings on "), 1) == ["risky.py †", "safe.py", "fast"]
+    assert cells(table_rows(markdown, "### d s1"), 1) == ["risky.py †", "safe.py", "fast"]
+    assert cells(table_rows(markdown, "### Held-out standings on "), 1) == ["risky.py †"]
+    assert cells(table_rows(markdown, "#### Held-out d s1"), 1) == ["risky.py †"]
+    assert markdown.count(NOT_ISOLATED_LEGEND) == 4  # under each table with a marked row
+    page = paths["html"].read_text()
+    assert "risky.py †</td>" in page and "safe.py †" not in page
+    assert page.count(html.escape(NOT_ISOLATED_LEGEND)) == 4
+    trusted = write_leaderboard(records[::2], tmp_path / "trusted")["markdown"].read_text()
+    assert "†" not in trusted
+
+
+def bad_value(**fields):
+    return json.dumps(dict(record("a"), **fields))  # json writes NaN and Infinity, as json.loads reads them
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (bad_value(runtime_ms=float("nan")), "runtime_ms is nan"),
+    (bad_value(runtime_ms=-1.0), "runtime_ms is negative (-1.0)"),
+    (bad_value(runtime_ms=float("inf")), "runtime_ms is inf"),
+    (bad_value(runtime_ms_min=float("-inf")), "runtime_ms_min is -inf"),
+    (bad_value(runtime_ms_max=float("nan")), "runtime_ms_max is nan"),
+    (bad_value(runtime_ms="1.5"), "runtime_ms is not a number (str)"),
+    (bad_value(runtime_ms=True), "runtime_ms is not a number (bool)"),
+    (bad_value(balancedness_gpu=float("nan")), "balancedness_gpu is nan"),
+    (bad_value(scores={"adrs": float("nan")}), "scores.adrs is nan"),
+    (bad_value(scores={"adrs_leaderboard": float("inf")}), "scores.adrs_leaderboard is inf"),
+    (bad_value(scores=[1.0]), "scores must be an object, got list"),
+    (bad_value(status=1), "status must be a string, got int"),
+    (bad_value(status=None), "status must be a string, got NoneType"),
+    (bad_value(split="private"), "split must be one of public, heldout"),
+    (bad_value(split="heldout"), "needs an integer heldout_seed"),
+    (bad_value(split="heldout", heldout_seed="7"), "needs an integer heldout_seed"),
+    (bad_value(isolation=1), "isolation must be a string"),
+    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": NaN}', "runtime_ms is nan"),
+    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": -Infinity}', "runtime_ms is -inf"),
+])
+def test_unusable_values_are_malformed(tmp_path, bad, reason):
+    path = write_jsonl(tmp_path / "r.jsonl", [record("a"), "", bad, record("b")])
+    with pytest.raises(ResultsError) as caught:
+        load_records([path])
+    message = str(caught.value)
+    assert message.startswith(f"{path}:3: ") and reason in message and "\n" not in message
+
+
+def test_usable_values_still_load(tmp_path):
+    fine = [dict(record("a"), runtime_ms=0, runtime_ms_min=0.0, runtime_ms_max=3),
+            record("b", scores={"adrs_leaderboard": -4.5, "adrs": None}),  # a score may be negative
+            record("c", status="timeout"), heldout(record("d"), 2**63), dict(record("e"), split=None)]
+    assert len(load_records([write_jsonl(tmp_path / "r.jsonl", fine)])) == 5
 
 
 # ---------------------------------------------------------------- headless Chromium
