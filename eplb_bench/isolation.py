@@ -254,6 +254,7 @@ def make_cgroups(processes: int, memory_bytes: int) -> Cgroups:
         parent = own_cgroup(controller)
         if parent is None or not os.path.isfile(os.path.join(parent, "cgroup.procs")):
             continue
+        remove_orphans(parent)
         folder = os.path.join(parent, name)
         try:
             if not os.path.isdir(folder):
@@ -271,6 +272,21 @@ def make_cgroups(processes: int, memory_bytes: int) -> Cgroups:
             continue
         folders[controller] = folder
     return Cgroups(folders)
+
+
+def remove_orphans(parent: str) -> None:
+    """Remove the empty cgroups that a killed harness process left under `parent`."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        owner = name.split("-")[2] if name.startswith("eplb-bench-") and name.count("-") == 3 else ""
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
 
 
 def _read(path: str) -> str:

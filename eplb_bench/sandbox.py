@@ -14,8 +14,8 @@ sends the one window to plan for (and the previous placement to a program that t
 **Timing.** The runtime that scores is the parent's: from the last byte of the
 request written to the last byte of the reply read, less the transfer baseline. The
 baseline is measured before the program is loaded, in the same child: `echo` calls
-with the same request and reply sizes as real calls (median of a few, at the
-smallest and the largest valid reply; a reply in between gets the baseline
+with the same request and reply sizes as real calls (medians, at the narrowest valid
+log2phy, its doublings and the widest; a reply in between gets the baseline
 interpolated by its size). The child's own clock is kept as information only.
 
 Statuses: `timeout` (no answer in time: the sandbox is killed), `crash` (the child died
@@ -57,6 +57,9 @@ STDERR_TAIL_BYTES = 64 << 10
 # A balancer's report is information for the record; a larger one is replaced by a note.
 REPORT_BYTES = 16 << 10
 ECHO_REPEATS = 11
+# Echoes of replies this large vary little and cost more: fewer of them.
+LARGE_REPLY_BYTES = 4 << 20
+LARGE_ECHO_REPEATS = 3
 # What the child may answer at each step; anything else is not the protocol.
 FAILURES = ("error", "memory", "invalid")
 PHASE_STATUSES = {"start": ("started",), "load": ("ready",) + FAILURES, "call": ("ok",) + FAILURES}
@@ -88,6 +91,19 @@ def width_range(num_logical: int, num_replicas: int) -> tuple[int, int]:
     """The narrowest and widest valid log2phy: max(logcnt) is at least ceil(R / E)
     and at most R - E + 1 (every other expert keeps one replica)."""
     return -(-num_replicas // num_logical), num_replicas - num_logical + 1
+
+
+def calibration_widths(num_logical: int, num_replicas: int) -> list[int]:
+    """The log2phy widths the transfer baseline is measured at: the narrowest, its
+    doublings, and the widest (transfer time is not linear in the size over so wide a
+    range, so the points are dense where real placements lie)."""
+    narrowest, widest = width_range(num_logical, num_replicas)
+    widths = {narrowest, widest}
+    width = narrowest * 2
+    while width < widest:
+        widths.add(width)
+        width *= 2
+    return sorted(widths)
 
 
 def largest_reply_bytes(num_layers: int, num_logical: int, num_replicas: int) -> int:
@@ -259,10 +275,11 @@ class IsolatedProgram:
         points = {}
         for with_previous in (False, True):
             request = [weight, previous] if with_previous else [weight]
-            for width in sorted(set(width_range(num_logical, num_replicas))):
+            for width in calibration_widths(num_logical, num_replicas):
                 shapes = reply_shapes(num_layers, num_logical, num_replicas, width)
+                repeats = ECHO_REPEATS if 8 * math.prod(shapes[1]) < LARGE_REPLY_BYTES else LARGE_ECHO_REPEATS
                 trips = []
-                for _ in range(ECHO_REPEATS + 1):  # the first one warms the buffers up and is not kept
+                for _ in range(repeats + 1):  # the first one warms the buffers up and is not kept
                     seconds, reply, echoed, size = self.exchange({"op": "echo", "shapes": shapes}, request,
                                                                  "the transfer baseline")
                     if reply["status"] != "ok" or len(echoed) != 3:
@@ -273,13 +290,12 @@ class IsolatedProgram:
         self.calibration = {"with_previous" if key else "plain": value for key, value in points.items()}
 
     def baseline(self, with_previous: bool, reply_bytes: int) -> float:
-        """The transfer time of a call whose reply has `reply_bytes` (interpolated)."""
+        """The transfer time of a call whose reply has `reply_bytes`: interpolated
+        between the two calibration points around it (clamped at the ends)."""
         points = self.calibration["with_previous" if with_previous else "plain"]
-        (low_size, low), (high_size, high) = points[0], points[-1]
-        if high_size == low_size:
-            return low
-        share = min(max((reply_bytes - low_size) / (high_size - low_size), 0.0), 1.0)
-        return low + share * (high - low)
+        sizes = [size for size, _ in points]
+        seconds = [value for _, value in points]
+        return float(np.interp(reply_bytes, sizes, seconds))
 
     def close(self) -> None:
         if self.process is not None:

@@ -177,9 +177,11 @@ def heldout_datasets(draws: list[tuple[str, int]], workers: int | None = None) -
     workers = max(1, min(len(draws), workers or os.cpu_count() or 1))
     if workers == 1:
         return [heldout_dataset(name, seed) for name, seed in draws]
+    # The largest first, so that the last one to finish is a small one.
+    order = sorted(range(len(draws)), key=lambda i: -SUITE[draws[i][0]].spec.num_layers * SUITE[draws[i][0]].spec.num_logical)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        drawn = list(pool.map(heldout_windows, *zip(*draws)))
-    return [heldout_dataset(name, seed, windows) for (name, seed), windows in zip(draws, drawn)]
+        futures = {i: pool.submit(heldout_windows, *draws[i]) for i in order}
+        return [heldout_dataset(name, seed, futures[i].result()) for i, (name, seed) in enumerate(draws)]
 
 
 def regenerates_identically(manifest_path: Path) -> str | None:

@@ -2,8 +2,9 @@
 evaluate` scores: replicas go one at a time to the expert with the largest load per
 replica, then each layer's replicas are dealt, heaviest first, to the least loaded
 GPU that still has a free slot. It takes both optional keywords: a layer whose
-replica counts match the placement in service (`prev_phy2log`) keeps that placement,
-so fewer replicas migrate, and `report` gets the number of layers kept. It imports
+replica counts match the placement in service (`prev_phy2log`), and which that
+placement balances within 1% as well, keeps it, so fewer replicas migrate; `report`
+gets the number of layers kept. It imports
 nothing but torch."""
 
 import heapq
@@ -46,6 +47,12 @@ def place(weight: torch.Tensor, logcnt: torch.Tensor, num_gpus: int) -> torch.Te
     return phy2log
 
 
+def peak_gpu_load(weight: torch.Tensor, logcnt: torch.Tensor, phy2log: torch.Tensor, num_gpus: int) -> torch.Tensor:
+    """weight, logcnt: [L, E]; phy2log: [L, R] -> [L] load of each layer's busiest GPU."""
+    shares = (weight.double() / logcnt).gather(-1, phy2log)
+    return shares.view(phy2log.shape[0], num_gpus, -1).sum(-1).max(-1).values
+
+
 def slot_lists(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
     """phy2log [L, R], logcnt [L, E] -> log2phy [L, E, max count], padded with -1."""
     layers, num_replicas = phy2log.shape
@@ -64,9 +71,12 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, pre
     kept = 0
     if prev_phy2log is not None:
         previous_counts = torch.zeros_like(logcnt).scatter_add_(1, prev_phy2log, torch.ones_like(prev_phy2log))
-        unchanged = (previous_counts == logcnt).all(-1)
-        phy2log[unchanged] = prev_phy2log[unchanged]
-        kept = int(unchanged.sum())
+        # Keep a layer's placement in service when it has the same counts and its
+        # busiest GPU carries at most 1% more than the new placement's.
+        keep = (previous_counts == logcnt).all(-1) & \
+            (peak_gpu_load(weight, logcnt, prev_phy2log, num_gpus) <= 1.01 * peak_gpu_load(weight, logcnt, phy2log, num_gpus))
+        phy2log[keep] = prev_phy2log[keep]
+        kept = int(keep.sum())
     if report is not None:
         report["kept_layers"] = kept
     return phy2log, slot_lists(phy2log, logcnt), logcnt
