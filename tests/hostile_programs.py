@@ -48,7 +48,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
                     lambda: torch.from_file({datasets!r} + "/mixtral-8x7b.npz", size=64, dtype=torch.uint8),
                     lambda: sqlite3.connect("file:" + {datasets!r} + "/mixtral-8x7b.json?mode=ro", uri=True)
                                    .execute("pragma schema_version").fetchall(),
-                    lambda: os.listdir({checkout!r}),
+                    lambda: open({checkout!r} + "/pyproject.toml").read(),
+                    lambda: os.listdir({checkout!r} + "/eplb_bench"),
                     lambda: open("/proc/{parent}/environ", "rb").read(),
                     lambda: os.listdir("/proc/{parent}/fd")):
         try:
