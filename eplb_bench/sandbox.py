@@ -57,6 +57,9 @@ STDERR_TAIL_BYTES = 64 << 10
 # A balancer's report is information for the record; a larger one is replaced by a note.
 REPORT_BYTES = 16 << 10
 ECHO_REPEATS = 11
+# The least runtime a call is scored at: below it the round trip is all transfer and
+# noise, and the public scorers' 0.02 / t would reward the noise without bound.
+RESOLUTION_SECONDS = 1e-5
 # Echoes of replies this large vary little and cost more: fewer of them.
 LARGE_REPLY_BYTES = 4 << 20
 LARGE_ECHO_REPEATS = 3
@@ -464,7 +467,7 @@ class IsolatedProgram:
         child_clock = reply.get("seconds")
         if isinstance(child_clock, (int, float)) and math.isfinite(child_clock):
             self.child_seconds.append(float(child_clock))
-        self.last_call_seconds = max(seconds - baseline, 0.0)
+        self.last_call_seconds = max(seconds - baseline, RESOLUTION_SECONDS)
         if report is not None and isinstance(reply.get("report"), dict):
             report.update(kept_report(reply["report"]))
         return tuple(torch.from_numpy(array.copy()) for array in output)

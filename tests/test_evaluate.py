@@ -271,7 +271,7 @@ def test_the_runtime_is_the_parents_round_trip_less_a_calibrated_baseline(progra
     assert record["status"] == "ok"
     # The program takes microseconds, so the round trip is about the baseline.
     assert 0 < timing["transfer_baseline_ms"] < 50 and 0 < timing["roundtrip_ms"] < 50
-    assert 0 <= record["runtime_ms"] <= timing["roundtrip_ms"]
+    assert 0.01 <= record["runtime_ms"] <= timing["roundtrip_ms"]   # never under the 10 us resolution
     assert set(timing["calibration_ms"]) == {"plain", "with_previous"}
     for points in timing["calibration_ms"].values():
         sizes = [size for size, _ in points]
