@@ -34,6 +34,7 @@ import signal
 import statistics
 import struct
 import subprocess
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -221,6 +222,7 @@ class IsolatedProgram:
         self.channel: Channel | None = None
         self.cgroups = Cgroups({})
         self.caps: dict = {}
+        self.workdir: tempfile.TemporaryDirectory | None = None  # the working folder of --isolation process
         self.shape: tuple[int, int, int] | None = None
 
     # -- the child's life --------------------------------------------------
@@ -255,10 +257,8 @@ class IsolatedProgram:
             environment.update(HOME=WORK_FOLDER, TMPDIR=WORK_FOLDER)
             settings.update(allowed=python_roots() + [SANDBOX_FOLDER], denied=[])
             command = sandbox_command(self.path, [json.dumps(settings)], environment, self.limits)
-            cwd, self.workdir = None, None
+            cwd = None
         else:
-            import tempfile
-
             self.workdir = tempfile.TemporaryDirectory(prefix="eplb-evaluate-")
             environment.update(HOME=self.workdir.name, TMPDIR=self.workdir.name)
             settings.update(allowed=python_roots() + ["/dev/null", "/dev/urandom", "/proc", "/sys/devices/system/cpu",
@@ -316,7 +316,7 @@ class IsolatedProgram:
                     pass
             self.process = None
         self.cgroups.remove()
-        if getattr(self, "workdir", None) is not None:
+        if self.workdir is not None:
             self.workdir.cleanup()
             self.workdir = None
 
