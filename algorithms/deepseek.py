@@ -14,5 +14,5 @@ DEEPSEEK_STEPS = Steps(
 
 @register("deepseek", description="DeepSeek's original greedy EPLB (hierarchical or global)")
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract."""
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract."""
     return rebalance_with(DEEPSEEK_STEPS, weight, num_replicas, num_groups, num_nodes, num_gpus)

@@ -650,7 +650,7 @@ def same_groups_on_nodes(prev_phy2log: torch.Tensor, phy2log: torch.Tensor, num_
           devices=("cpu", "cuda"))
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, prev_phy2log=None,
                       locality_tolerance=LOCALITY_TOLERANCE, migration_tolerance=None, rounds=None):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract.
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract.
 
     Args:
         prev_phy2log: [num_layers, num_replicas], the placement in service, or None.

@@ -97,5 +97,5 @@ HYBRID_STEPS = Steps(
 
 @register("hybrid_replication", description="DeepSeek's EPLB plus the seed's D'Hondt/Sainte-Lague replication and fix-up")
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract."""
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract."""
     return rebalance_with(HYBRID_STEPS, weight, num_replicas, num_groups, num_nodes, num_gpus)

@@ -1,6 +1,6 @@
 """ilp: every layer placed by MILP (scipy.optimize.milp, HiGHS), within a time limit.
 
-Under the evaluators' load model (eplb_bench.bounds): replica counts and the GPU of
+Under the evaluators' load model (eplb_bench.bounds.solver): replica counts and the GPU of
 every replica are chosen together; where the scenario has DeepSeek's hierarchical
 policy, whole groups stay on one node. Slow by nature: it runs only when named.
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eplb_bench import register
-from eplb_bench.bounds import MAX_VARIABLES, hierarchical_applies, model_variables, simple_bounds, solve_layer
+from eplb_bench.bounds.solver import MAX_VARIABLES, hierarchical_applies, model_variables, simple_bounds, solve_layer
 
 from .deepseek import rebalance_experts as deepseek_placement
 from .fast import rebalance_experts as fast_placement
@@ -79,7 +79,7 @@ def best_heuristic_start(weight: torch.Tensor, num_replicas: int, num_groups: in
           slow=True)
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, time_limit=TIME_LIMIT,
                       max_variables=MAX_VARIABLES, report=None):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract.
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract.
 
     Args:
         time_limit: seconds of solver time per layer.

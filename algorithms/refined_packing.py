@@ -87,5 +87,5 @@ REFINED_STEPS = Steps(
 
 @register("refined_packing", description="DeepSeek's EPLB plus the seed's bounded swap refinement in packing")
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract."""
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract."""
     return rebalance_with(REFINED_STEPS, weight, num_replicas, num_groups, num_nodes, num_gpus)

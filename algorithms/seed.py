@@ -17,5 +17,5 @@ SEED_STEPS = Steps(
 
 @register("seed", description="the seed: refined packing plus hybrid replication")
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
-    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.contract."""
+    """weight: [num_layers, num_logical] -> (phy2log, log2phy, logcnt), see eplb_bench.core.contract."""
     return rebalance_with(SEED_STEPS, weight, num_replicas, num_groups, num_nodes, num_gpus)

@@ -19,9 +19,9 @@ import os
 import torch
 
 from eplb_bench import list_algorithms, load_dataset
-from eplb_bench.datasets import shipped_names
-from eplb_bench.registry import algorithm_info, file_algorithm_info
-from eplb_bench.runner import BalancerFailure, Job, checked_placement, run_job
+from eplb_bench.data.catalog import shipped_names
+from eplb_bench.core.registry import algorithm_info, file_algorithm_info
+from eplb_bench.evaluation.runner import BalancerFailure, Job, checked_placement, run_job
 
 try:  # asv >= 0.6 skips a benchmark that raises this after its setup
     from asv_runner.benchmarks.mark import SkipNotImplemented

@@ -1,15 +1,15 @@
 """eplb-bench: a benchmark and evaluation harness for expert-parallel load balancers."""
 
-from .contract import Placement, PlacementError, Scenario, ScenarioError, validate_placement
-from .registry import (
+__version__ = "0.1.0"
+
+from eplb_bench.core.contract import Placement, PlacementError, Scenario, ScenarioError, validate_placement
+from eplb_bench.core.registry import (
     RegistryError,
     get_algorithm,
     list_algorithms,
     load_algorithm_file,
     register,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Placement",
@@ -30,11 +30,15 @@ __all__ = [
 def __getattr__(name):
     # Datasets import numpy and the file loaders; load them only when asked.
     if name in ("load_dataset", "Dataset", "DatasetError"):
-        from . import datasets
+        if name == "load_dataset":
+            from eplb_bench.data.catalog import load_dataset
 
-        return getattr(datasets, name)
+            return load_dataset
+        from eplb_bench.data import dataset
+
+        return getattr(dataset, name)
     if name == "lower_bound":  # scipy loads only when bounds are asked for
-        from .bounds import lower_bound
+        from eplb_bench.bounds.solver import lower_bound
 
         return lower_bound
     raise AttributeError(name)

@@ -7,7 +7,7 @@ from eplb_bench_algorithms._hierarchy import greedy_packing, greedy_replication,
 from eplb_bench_algorithms.hybrid_replication import _fix_up, hybrid_replication
 from eplb_bench_algorithms.refined_packing import refined_packing
 from eplb_bench import Scenario, get_algorithm, list_algorithms, load_dataset, validate_placement
-from eplb_bench.datasets import shipped_names
+from eplb_bench.data.catalog import shipped_names
 from conftest import GOLDEN_PHY2LOG
 
 SEED_FAMILY = ["deepseek", "refined_packing", "hybrid_replication", "seed"]

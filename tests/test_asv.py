@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from eplb_bench.cli import main
-from eplb_bench.regression_gate import Change, allowed_value, worsened
-from eplb_bench.runner import Job, run_job
+from eplb_bench.tracking.gate import Change, allowed_value, worsened
+from eplb_bench.evaluation.runner import Job, run_job
 from eplb_bench import load_dataset
-from eplb_bench.registry import algorithm_info
+from eplb_bench.core.registry import algorithm_info
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACK = "benchmarks.Quality.track_gpu_imbalance_next"

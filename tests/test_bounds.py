@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from eplb_bench import bounds, get_algorithm, list_algorithms, load_dataset, validate_placement
-from eplb_bench.bound_store import bound_summary, compute_bounds
+from eplb_bench import get_algorithm, list_algorithms, load_dataset, validate_placement
+from eplb_bench.bounds import solver as bounds
+from eplb_bench.bounds.store import bound_summary, compute_bounds
 from eplb_bench.cli import main
 from eplb_bench_algorithms.ilp import groups_on_one_node
-from eplb_bench.datasets import datasets_dir, scenario_key, shipped_names, stored_lower_bounds
+from eplb_bench.data.catalog import datasets_dir, shipped_names
+from eplb_bench.data.manifests import scenario_key, stored_lower_bounds
 
 
 def compositions(total, parts):

@@ -11,7 +11,7 @@ import torch
 
 from eplb_bench import Scenario, list_algorithms, load_dataset
 from eplb_bench.cli import main
-from eplb_bench.datasets import shipped_names
+from eplb_bench.data.catalog import shipped_names
 
 RECORD_FIELDS = {
     "algorithm", "dataset", "num_replicas", "num_groups", "num_nodes", "num_gpus", "device", "status",
@@ -189,7 +189,7 @@ def test_datasets_verify_fails_on_a_changed_file(tmp_path, monkeypatch, capsys):
 
 
 def test_datasets_import_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EPLB_BENCH_DATASETS", str(tmp_path / "store"))
+    monkeypatch.setenv("EPLB_BENCH_DATA", str(tmp_path / "store"))
     counts = torch.randint(0, 9, (200, 2, 16))
     torch.save({"logical_count": counts}, tmp_path / "dump.pt")
     assert main(["datasets", "import", str(tmp_path / "dump.pt"), "--name", "mine", "--groups", "4",
@@ -256,8 +256,8 @@ def test_bench_speed_can_hand_over_the_previous_placement(capsys):
 
 
 def test_program_files_do_not_claim_a_device(small_npz, tmp_path, capsys):
-    from eplb_bench.registry import file_algorithm_info
-    from eplb_bench.runner import Job, computed_on
+    from eplb_bench.core.registry import file_algorithm_info
+    from eplb_bench.evaluation.runner import Job, computed_on
 
     program = tmp_path / "mine.py"
     program.write_text("def rebalance_experts(w, r, g, n, p):\n    raise RuntimeError\n")

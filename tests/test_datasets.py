@@ -8,16 +8,12 @@ import pytest
 import torch
 
 from eplb_bench import load_dataset
-import eplb_bench.datasets as datasets_module
+import eplb_bench.data.formats as formats_module
 from eplb_bench import Scenario, ScenarioError
-from eplb_bench.datasets import (
-    DatasetError,
-    Predictor,
-    import_dataset,
-    parse_predictor,
-    predicted_windows,
-    verify_manifest,
-)
+from eplb_bench.data.dataset import DatasetError
+from eplb_bench.data.predictors import Predictor, parse_predictor, predicted_windows
+from eplb_bench.data.catalog import import_dataset
+from eplb_bench.data.manifests import verify_manifest
 
 
 def write_history(path, steps):
@@ -31,7 +27,7 @@ def write_history(path, steps):
 @pytest.mark.parametrize("read_chars", [7, 100, 1 << 22])
 def test_vllm_json_is_summed_into_windows(tmp_path, monkeypatch, read_chars):
     # Tiny read sizes split keys and numbers across buffer refills.
-    monkeypatch.setattr(datasets_module, "READ_CHARS", read_chars)
+    monkeypatch.setattr(formats_module, "READ_CHARS", read_chars)
     steps = np.arange(250 * 2 * 8).reshape(250, 2, 8) % 13
     path = tmp_path / "expert-load.json"
     write_history(path, steps)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import site
 import socket
 import subprocess
@@ -21,13 +20,13 @@ import pytest
 
 from eplb_bench import load_dataset
 from eplb_bench.cli import main
-from eplb_bench.datasets import datasets_dir
-from eplb_bench.evaluate import evaluate_heldout, evaluate_program, summary
-from eplb_bench.isolation import namespaces_unavailable
-from eplb_bench.registry import file_algorithm_info
-from eplb_bench.runner import Job, run_job
-from eplb_bench.scoring import all_scores
-from eplb_bench.suite import heldout_dataset, heldout_datasets
+from eplb_bench.data.catalog import datasets_dir
+from eplb_bench.evaluation.evaluate import evaluate_heldout, evaluate_program, summary
+from eplb_bench.evaluation.isolation import namespaces_unavailable
+from eplb_bench.core.registry import file_algorithm_info
+from eplb_bench.evaluation.runner import Job, run_job
+from eplb_bench.core.scoring import all_scores
+from eplb_bench.data.suite import heldout_dataset, heldout_datasets
 
 from hostile_programs import HONEST_TAIL, PROGRAMS, honest_planner, memorizer
 

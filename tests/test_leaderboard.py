@@ -12,8 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eplb_bench.leaderboard import (HELDOUT_HEADING, NOT_ISOLATED_LEGEND, ResultsError, is_isolated, load_records,
-                                    machine_label, pareto_front, standings, write_leaderboard)
+from eplb_bench.reports.leaderboard import HELDOUT_HEADING, NOT_ISOLATED_LEGEND, ResultsError, is_isolated, load_records, machine_label, pareto_front, standings, write_leaderboard
 
 CPU_HOST = {"machine": "x86_64", "processor": "x86_64", "python": "3.11.7", "torch": "2.13.0+cpu"}
 GPU_HOST = {**CPU_HOST, "torch": "2.13.0+cu128", "gpu": "NVIDIA H100 80GB HBM3"}
@@ -189,8 +188,8 @@ def table_rows(markdown, heading):
 def measured_records():
     """Real records: two shipped balancers on the small shipped dataset, plus one failure."""
     from eplb_bench import load_dataset
-    from eplb_bench.registry import algorithm_info
-    from eplb_bench.runner import Job, run_job
+    from eplb_bench.core.registry import algorithm_info
+    from eplb_bench.evaluation.runner import Job, run_job
 
     dataset = load_dataset("mixtral-8x7b")
     records = [run_job(Job(algorithm_info(name), dataset, dataset.scenarios[0])) for name in ("fast", "deepseek")]

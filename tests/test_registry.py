@@ -5,7 +5,7 @@ from importlib import metadata
 import pytest
 
 from eplb_bench import RegistryError, get_algorithm, list_algorithms, load_algorithm_file, register
-from eplb_bench import registry
+from eplb_bench.core import registry
 
 GOOD_PROGRAM = '''
 import torch

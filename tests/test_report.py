@@ -1,6 +1,6 @@
 """Tables from records: grouping, ranking by the chosen scorer, failed entries last."""
 
-from eplb_bench.report import format_table
+from eplb_bench.reports.text import format_table
 
 
 def record(name, gpu, runtime_ms, status="ok", scenario="s"):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from eplb_bench import Scenario, get_algorithm
-from eplb_bench.datasets import Dataset
-from eplb_bench.registry import AlgorithmInfo
-from eplb_bench.runner import Job, run_job, run_jobs
-from eplb_bench.simulate import internode_share, placement_metrics
+from eplb_bench.data.dataset import Dataset
+from eplb_bench.core.registry import AlgorithmInfo
+from eplb_bench.evaluation.runner import Job, run_job, run_jobs
+from eplb_bench.core.simulate import internode_share, placement_metrics
 
 SCENARIO = Scenario(num_replicas=12, num_groups=4, num_nodes=2, num_gpus=4)
 
@@ -130,7 +130,7 @@ def test_cuda_run_synchronizes_and_scores():
 
 
 def test_ema_predictor_feeds_the_balancer_and_scores_on_real_windows():
-    from eplb_bench.datasets import parse_predictor, predicted_windows
+    from eplb_bench.data.predictors import parse_predictor, predicted_windows
 
     seen = []
 
@@ -164,7 +164,7 @@ class FakeClock:
 
 
 def test_runtime_is_the_median_of_timed_calls_without_the_warm_up(monkeypatch):
-    import eplb_bench.runner as runner
+    import eplb_bench.evaluation.runner as runner
 
     clock = FakeClock()
     monkeypatch.setattr(runner.time, "perf_counter", clock)
@@ -234,7 +234,7 @@ def test_previous_placement_is_passed_and_migrations_are_counted():
         seen.append(None if prev_phy2log is None else prev_phy2log.clone())
         return deepseek(weight, num_replicas, num_groups, num_nodes, num_gpus)
 
-    from eplb_bench.registry import _keyword_names
+    from eplb_bench.core.registry import _keyword_names
     algorithm = AlgorithmInfo(name="aware", function=aware, accepts=_keyword_names(aware))
     record = run_job(Job(algorithm, dataset, SCENARIO))
     placements = [deepseek(dataset.windows[i], 12, 4, 2, 4)[0] for i in range(3)]
@@ -268,8 +268,8 @@ def test_repeats_get_the_previous_placement_renumbered_with_the_experts():
 
 
 def test_records_say_where_a_balancer_computes():
-    from eplb_bench.registry import algorithm_info
-    from eplb_bench.runner import computed_on
+    from eplb_bench.core.registry import algorithm_info
+    from eplb_bench.evaluation.runner import computed_on
 
     dataset = small_dataset()
     on_cuda = lambda name: computed_on(Job(algorithm_info(name), dataset, SCENARIO, device="cuda"))
@@ -283,7 +283,7 @@ def test_every_balancer_runs_on_cuda_input():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from eplb_bench import list_algorithms
-    from eplb_bench.registry import algorithm_info
+    from eplb_bench.core.registry import algorithm_info
 
     dataset = small_dataset()
     for name in list_algorithms(include_slow=False):

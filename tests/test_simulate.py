@@ -3,15 +3,8 @@
 import pytest
 import torch
 
-from eplb_bench.scoring import adrs, adrs_leaderboard, skydiscover
-from eplb_bench.simulate import (
-    balancedness,
-    gpu_loads,
-    internode_share,
-    node_loads,
-    placement_metrics,
-    slot_loads,
-)
+from eplb_bench.core.scoring import adrs, adrs_leaderboard, skydiscover
+from eplb_bench.core.simulate import balancedness, gpu_loads, internode_share, node_loads, placement_metrics, slot_loads
 
 # Layer 0: experts [6, 3, 1], expert 0 on slots 0 and 2. Layer 1: [0, 0, 8], expert 2 twice.
 WEIGHT = torch.tensor([[6, 3, 1], [0, 0, 8]])

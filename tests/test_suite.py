@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 
 from eplb_bench import load_dataset
-from eplb_bench.datasets import datasets_dir, shipped_names, verify_manifest
-from eplb_bench.loadstats import (
-    contiguous_gpu_imbalance,
-    gini,
-    max_over_mean,
-    rank_correlation,
-    top_share,
-)
-from eplb_bench.suite import SUITE, regenerates_identically
-from eplb_bench.synthetic import SyntheticSpec, generate
+from eplb_bench.data.catalog import datasets_dir, shipped_names
+from eplb_bench.data.manifests import verify_manifest
+from eplb_bench.data.loadstats import contiguous_gpu_imbalance, gini, max_over_mean, rank_correlation, top_share
+from eplb_bench.data.suite import SUITE, regenerates_identically
+from eplb_bench.data.synthetic import SyntheticSpec, generate
 
 SUITE_NAMES = ["deepseek-v3", "deepseek-v2-lite", "qwen3-235b", "qwen3-30b", "kimi-k2", "gpt-oss-120b", "mixtral-8x7b"]
 
@@ -154,7 +149,7 @@ def test_group_limited_routing_concentrates_on_top_groups():
 
 
 def test_top_k_mask_picks_what_argpartition_picks_also_on_ties():
-    from eplb_bench.synthetic import kth_largest, top_k_mask
+    from eplb_bench.data.synthetic import kth_largest, top_k_mask
 
     rng = np.random.default_rng(0)
     for shape, k in [((50, 7, 384), 8), ((50, 7, 256), 8), ((40, 3, 8), 4), ((40, 3, 8), 2)]:
@@ -168,7 +163,7 @@ def test_top_k_mask_picks_what_argpartition_picks_also_on_ties():
 
 
 def test_routing_chunks_do_not_change_the_shares():
-    from eplb_bench.synthetic import route_shares
+    from eplb_bench.data.synthetic import route_shares
 
     spec = SyntheticSpec(3, 64, 6, routing_groups=8, topk_groups=3, route_tokens=300)
     logits = np.random.default_rng(1).normal(size=(3, 64))

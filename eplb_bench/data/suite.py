@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .contract import Scenario
-from .datasets import Dataset, read_manifest, write_dataset_files
-from .loadstats import dataset_statistics
-from .synthetic import Phase, SyntheticSpec, generate
+from eplb_bench.core.contract import Scenario
+from eplb_bench.data.dataset import Dataset
+from eplb_bench.data.manifests import read_manifest, write_dataset_files
+from eplb_bench.data.loadstats import dataset_statistics
+from eplb_bench.data.synthetic import Phase, SyntheticSpec, generate
 
 SUITE_PHASES = (Phase(5, 0, "prefill"), Phase(3, 0, "decode"), Phase(4, 1, "prefill"))
 # Held-out draws keep the three phases and both switches, in fewer windows (four
@@ -130,7 +131,7 @@ def manifest_fields(entry: SuiteEntry, windows: np.ndarray, first_steps: np.ndar
             {"windows": [int(start), int(start) + phase.windows - 1], "domain": phase.domain, "stage": phase.stage}
             for start, phase in zip(starts, entry.spec.phases)
         ],
-        "provenance": f"synthetic (eplb_bench.synthetic), calibrated to: {entry.calibrated_to}. "
+        "provenance": f"synthetic (eplb_bench.data.synthetic), calibrated to: {entry.calibrated_to}. "
         f"Sources: {CALIBRATION_SOURCES}",
         "generator": entry.spec.as_dict(),
         "statistics": dataset_statistics(windows, entry.scenarios[0]["num_gpus"], first_steps),
@@ -206,7 +207,7 @@ def regenerates_identically(manifest_path: Path) -> str | None:
 
 
 if __name__ == "__main__":
-    from .datasets import datasets_dir
+    from eplb_bench.data.catalog import datasets_dir
 
     for suite_name in SUITE:
         print(suite_name, build_suite_dataset(suite_name, datasets_dir())["sha256"], flush=True)

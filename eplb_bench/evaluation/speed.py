@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .datasets import Dataset
-from .registry import AlgorithmInfo
-from .runner import BalancerFailure, accepts_previous, checked_placement, one_line, timed_call
+from eplb_bench.data.dataset import Dataset
+from eplb_bench.core.registry import AlgorithmInfo
+from eplb_bench.evaluation.runner import (
+    BalancerFailure,
+    accepts_previous,
+    checked_placement,
+    one_line,
+    timed_call,
+)
 
 DEFAULT_SPEED_ALGORITHMS = ("deepseek", "seed", "fast")
 

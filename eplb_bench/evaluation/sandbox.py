@@ -1,7 +1,7 @@
 """A contributed program as a balancer that runs in a separate, isolated process.
 
 `IsolatedProgram(path)` starts the child (eplb_bench/sandbox_child.py) inside the
-isolation of eplb_bench/isolation.py, and is then called like any balancer: each call
+isolation of eplb_bench/evaluation/isolation.py, and is then called like any balancer: each call
 sends the one window to plan for (and the previous placement to a program that takes
 `prev_phy2log`) and waits for the answer. Nothing the child sends is trusted:
 
@@ -42,10 +42,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .isolation import (ISOLATIONS, SANDBOX_FOLDER, WORK_FOLDER, Cgroups, IsolationError, Limits, harness_paths,
-                        make_cgroups, namespaces_unavailable, process_command, python_roots, sandbox_command)
-from .runner import BalancerFailure, one_line
-from .sandbox_child import encode_message
+from eplb_bench.evaluation.isolation import (
+    ISOLATIONS,
+    SANDBOX_FOLDER,
+    WORK_FOLDER,
+    Cgroups,
+    IsolationError,
+    Limits,
+    harness_paths,
+    make_cgroups,
+    namespaces_unavailable,
+    process_command,
+    python_roots,
+    sandbox_command,
+)
+from eplb_bench.evaluation.runner import BalancerFailure, one_line
+from eplb_bench.evaluation.sandbox_child import encode_message
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_MB = 4096

@@ -37,6 +37,11 @@ def adrs_leaderboard(metrics: dict, seconds: float) -> float:
     return 90.0 * metrics["balancedness_gpu"] + 5.0 * speed - penalty
 
 
+def balance(metrics: dict, seconds: float) -> float:
+    """balancedness_gpu on the next window: balance alone, no speed term."""
+    return metrics["balancedness_gpu"]
+
+
 SCORERS: dict[str, Scorer] = {
     "adrs": Scorer(adrs, "(balancedness_slot + 0.02/t) / 2", "ADRS / OpenEvolve EPLB evaluator"),
     "skydiscover": Scorer(skydiscover, "(balancedness_slot + 0.002/t) / 2", "SkyDiscover / CORAL EPLB evaluator"),
@@ -45,7 +50,10 @@ SCORERS: dict[str, Scorer] = {
         "90 balancedness_gpu + 5 min(0.002/t, 2) - [t > 0.010] min(20 t, 20)",
         "ADRS-Leaderboard",
     ),
+    "balance": Scorer(balance, "balancedness_gpu (next window)", "eplb-bench: balance alone"),
 }
+# The scorer of the balance-only standings that follow the chosen scorer's.
+BALANCE_SCORER = "balance"
 DEFAULT_SCORER = "adrs_leaderboard"
 
 

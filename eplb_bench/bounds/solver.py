@@ -31,17 +31,14 @@ import scipy
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from eplb_bench.core.contract import hierarchical_applies  # noqa: F401  (the one rule; re-exported)
+
 POLICIES = ("global", "hierarchical")
 SOLVER = f"scipy.optimize.milp (HiGHS), scipy {scipy.__version__}"
 # Models with more integer variables than this are not handed to the solver by default.
 MAX_VARIABLES = 20000
 # Equal splits of groups over nodes up to this many are enumerated; more go to the MILP.
 MAX_SPLITS = 20000
-
-
-def hierarchical_applies(num_groups: int, num_nodes: int) -> bool:
-    """Whether DeepSeek's hierarchical policy is defined for the scenario."""
-    return num_nodes > 1 and num_groups % num_nodes == 0
 
 
 def mean_bound(weight: np.ndarray, num_gpus: int) -> np.ndarray:

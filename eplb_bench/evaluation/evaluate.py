@@ -1,28 +1,30 @@
 """Score one contributed program, isolated in its own sandbox, on the standard suite.
 
-Each (dataset, scenario) gets a fresh child (eplb_bench.sandbox, inside the isolation
-of eplb_bench.isolation), so a program that hangs, crashes or exhausts its memory on
+Each (dataset, scenario) gets a fresh child (eplb_bench.evaluation.sandbox, inside the isolation
+of eplb_bench.evaluation.isolation), so a program that hangs, crashes or exhausts its memory on
 one dataset ends that dataset with its status and leaves the others untouched.
 Scoring, validation and records are the runner's, exactly as for an in-process
 balancer, with the previous placement and a report handed to programs that take
 them; only the runtime's origin differs: the parent's clock, less the transfer.
 
 Two splits: `public`, the shipped datasets; `heldout`, fresh draws of every synthetic
-suite dataset (eplb_bench.suite.heldout_dataset) with seeds drawn at run time, which a
+suite dataset (eplb_bench.data.suite.heldout_dataset) with seeds drawn at run time, which a
 program that memorized the public windows cannot know.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .leaderboard import balancer_summary
-from .registry import AlgorithmInfo, program_name
-from .runner import BalancerFailure, Job, base_record, one_line, run_job
-from .sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
-from .suite import SUITE, heldout_datasets, heldout_seed
+from eplb_bench.reports.standings import balancer_summary
+from eplb_bench.core.record import Record
+from eplb_bench.core.registry import AlgorithmInfo, file_sha256, program_name
+from eplb_bench.evaluation.runner import BalancerFailure, Job, base_record, one_line, run_job
+from eplb_bench.evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
+from eplb_bench.data.suite import SUITE, heldout_datasets, heldout_seed
 
 SPLITS = ("public", "heldout")
 
@@ -31,10 +33,11 @@ def program_info(path: str | Path, program: IsolatedProgram | None = None) -> Al
     """The balancer entry of a program file: named by its file name (`fast.py`, never a
     registered balancer's name), calling the child, with the keywords it takes."""
     return AlgorithmInfo(name=program_name(path), function=program, description=f"{path}, isolated",
-                         devices=("cpu",), source=str(path), accepts=program.accepts if program else frozenset())
+                         devices=("cpu",), source=str(path), accepts=program.accepts if program else frozenset(),
+                         source_hash=file_sha256(path))
 
 
-def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb: float, isolation: str) -> dict:
+def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb: float, isolation: str) -> Record:
     """The record of one (dataset, scenario): the runner's, with the child's timing parts."""
     program = IsolatedProgram(path, timeout=timeout, memory_mb=memory_mb, isolation=isolation)
     try:
@@ -46,23 +49,22 @@ def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb:
         record = failed_record(path, dataset, scenario, "invalid", f"unreadable child: {type(exc).__name__}: {exc}")
     finally:
         program.close()
-    record["isolation"] = isolation
-    record["isolated"] = program.summary()
+    record.isolation = isolation
+    record.isolated = program.summary()
     return record
 
 
-def failed_record(path, dataset, scenario, status: str, reason: str) -> dict:
+def failed_record(path, dataset, scenario, status: str, reason: str) -> Record:
     record = base_record(Job(program_info(path), dataset, scenario), repeat=1)
-    record.update(status=status, error=one_line(reason))
-    return record
+    return dataclasses.replace(record, status=status, error=one_line(reason))
 
 
 def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float = DEFAULT_TIMEOUT,
-                     memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces") -> Iterator[dict]:
+                     memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces") -> Iterator[Record]:
     """One record per (dataset, scenario) in `targets` (the public split), yielded as each finishes."""
     for dataset, scenario in targets:
         record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
-        record["split"] = "public"
+        record.split = "public"
         yield record
 
 
@@ -73,7 +75,7 @@ def heldout_targets(names: Iterable[str] | None = None) -> list[tuple[str, int]]
 
 def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_of, timeout: float = DEFAULT_TIMEOUT,
                      memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces",
-                     progress=None) -> list[dict]:
+                     progress=None) -> list[Record]:
     """Records of the held-out split, all returned at the end, each with its
     `heldout_seed` only then. `scenarios_of(dataset)` gives the scenarios to score;
     `progress(record)` sees each record as it finishes, without its seed."""
@@ -81,23 +83,23 @@ def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_o
     for (_, seed), dataset in zip(draws, heldout_datasets(draws)):
         for scenario in scenarios_of(dataset):
             record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
-            record["split"] = "heldout"
+            record.split = "heldout"
             if progress is not None:
                 progress(record)
             records.append(record)
             seeds.append(seed)
     for record, seed in zip(records, seeds):
-        record["heldout_seed"] = seed
+        record.heldout_seed = seed
     return records
 
 
-def summary(records: list[dict]) -> dict:
+def summary(records: list[Record]) -> dict:
     """The overall result: the leaderboard's summary of one balancer (means over the
     scored scenarios), with the program's name and the count of each status."""
     overall = balancer_summary(records, scenarios_total=len(records))
-    return {"program": overall["algorithm"], "split": records[0].get("split", "public") if records else None,
-            "isolation": records[0].get("isolation") if records else None, "scenarios": len(records),
-            "scored": overall["scenarios_ok"], "statuses": dict(Counter(r["status"] for r in records)),
+    return {"program": overall["algorithm"], "split": records[0].split if records else None,
+            "isolation": records[0].isolation if records else None, "scenarios": len(records),
+            "scored": overall["scenarios_ok"], "statuses": dict(Counter(r.status for r in records)),
             **{key: overall[key] for key in ("balancedness_gpu", "runtime_ms", "scores")}}
 
 

@@ -9,6 +9,7 @@ files loaded with `load_algorithm_file` (the form OpenEvolve/ADRS programs take)
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -45,11 +46,34 @@ class AlgorithmInfo:
     slow: bool = False
     source: str = ""
     accepts: frozenset[str] = field(default_factory=frozenset)
+    # sha256 of the file that defines the balancer (its module, or the program file).
+    source_hash: str | None = None
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """sha256 of a file's bytes, or None when there is no readable file."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
+def defined_at(function: Callable) -> str:
+    """Where a function is defined, as FILE:LINE."""
+    code = getattr(function, "__code__", None)
+    try:
+        path = inspect.getsourcefile(function)
+    except TypeError:
+        path = None
+    line = code.co_firstlineno if code is not None else "?"
+    return f"{path or getattr(function, '__module__', '?')}:{line}"
 
 
 _REGISTRY: dict[str, AlgorithmInfo] = {}
-# Modules or entry points that failed to load: name -> one-line reason.
+# Modules or entry points that failed to load, and names registered twice: name -> one-line reason.
 _BROKEN: dict[str, str] = {}
+# Names registered by more than one definition: name -> the FILE:LINE of each.
+_CONFLICTS: dict[str, list[str]] = {}
 _discovered = False
 
 
@@ -58,6 +82,17 @@ def _keyword_names(function: Callable) -> frozenset[str]:
         return frozenset(inspect.signature(function).parameters)
     except (TypeError, ValueError):
         return frozenset()
+
+
+def _source_file(function: Callable) -> str | None:
+    try:
+        return inspect.getsourcefile(function)
+    except TypeError:
+        return None
+
+
+def _conflict_reason(name: str) -> str:
+    return f"balancer name {name!r} is registered more than once: {' and '.join(_CONFLICTS[name])}"
 
 
 def register(
@@ -69,24 +104,35 @@ def register(
 ) -> Callable[[Callable], Callable]:
     """Decorator: add a `rebalance_experts` function to the registry under `name`.
 
-    A name already taken raises RegistryError. The function is returned unchanged.
+    A name already taken by another definition raises RegistryError naming both
+    places, and withdraws the name: neither balancer runs under it until one is
+    renamed (`list` shows the conflict). The function is returned unchanged.
     """
     if not isinstance(name, str) or not name or any(c in name for c in ", \t\n/") or name.endswith(".py"):
         raise RegistryError(f"invalid balancer name {name!r} (names ending in .py belong to program files)")
 
     def decorate(function: Callable) -> Callable:
+        place = defined_at(function)
+        if name in _CONFLICTS:
+            _CONFLICTS[name].append(place)
+            _BROKEN[name] = _conflict_reason(name)
+            raise RegistryError(_conflict_reason(name))
         if name in _REGISTRY:
-            raise RegistryError(
-                f"balancer name {name!r} is already registered by {_REGISTRY[name].source}"
-            )
+            if _REGISTRY[name].source == place:
+                return function  # the same definition imported again (a module reloaded)
+            # Neither definition may stand in for the other: the name is withdrawn.
+            _CONFLICTS[name] = [_REGISTRY.pop(name).source, place]
+            _BROKEN[name] = _conflict_reason(name)
+            raise RegistryError(_conflict_reason(name))
         _REGISTRY[name] = AlgorithmInfo(
             name=name,
             function=function,
             description=description or (inspect.getdoc(function) or "").split("\n")[0],
             devices=tuple(devices),
             slow=slow,
-            source=getattr(function, "__module__", "?"),
+            source=place,
             accepts=_keyword_names(function),
+            source_hash=file_sha256(_source_file(function)),
         )
         return function
 
@@ -198,4 +244,5 @@ def file_algorithm_info(path: str | Path) -> AlgorithmInfo:
         devices=(),
         source=str(path),
         accepts=_keyword_names(function),
+        source_hash=file_sha256(path),
     )

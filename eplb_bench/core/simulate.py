@@ -32,6 +32,13 @@ def node_loads(slot_load: torch.Tensor, num_nodes: int) -> torch.Tensor:
     return group_sums(slot_load, num_nodes)
 
 
+def peak_gpu_load(weight: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor, num_gpus: int) -> torch.Tensor:
+    """weight: [num_layers, num_logical], phy2log: [num_layers, num_replicas],
+    logcnt: [num_layers, num_logical] -> [num_layers], the most loaded GPU's load:
+    what a layer's step waits for, and what the lower bounds bound."""
+    return gpu_loads(slot_loads(weight, phy2log, logcnt), num_gpus).max(-1).values
+
+
 def balancedness(loads: torch.Tensor) -> float:
     """loads: [num_layers, n] -> sum over layers of mean / sum over layers of max.
 
@@ -119,11 +126,11 @@ def bound_metrics(weight: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Ten
         balancedness any placement could reach; optimality_gap: sum of peaks / sum
         of bounds - 1 (0 means proven optimal).
     """
-    loads = gpu_loads(slot_loads(weight, phy2log, logcnt), num_gpus)
     bound = float(lower_bound.double().sum())
     if bound <= 0.0:
         return {"balancedness_ceiling": 1.0, "optimality_gap": 0.0}
+    mean_load = float(weight.double().sum()) / num_gpus
     return {
-        "balancedness_ceiling": float(loads.mean(-1).sum()) / bound,
-        "optimality_gap": float(loads.max(-1).values.sum()) / bound - 1.0,
+        "balancedness_ceiling": mean_load / bound,
+        "optimality_gap": float(peak_gpu_load(weight, phy2log, logcnt, num_gpus).sum()) / bound - 1.0,
     }

@@ -1,7 +1,7 @@
 """The child process of `eplb-bench evaluate`: runs one contributed program, nothing else.
 
 Started as `python -I sandbox_child.py PROGRAM SETTINGS_JSON` in an empty working
-folder, inside the sandbox that eplb_bench/isolation.py describes. It never imports
+folder, inside the sandbox that eplb_bench/evaluation/isolation.py describes. It never imports
 eplb_bench (the harness is not inside the sandbox): the harness's modules, data and
 memory stay in the parent, which sends one window per request. In order:
 
@@ -41,7 +41,7 @@ READ_EVENTS = ("os.listdir", "os.scandir", "os.chdir", "glob.glob")
 WRITE_EVENTS = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.truncate", "os.chmod",
                 "os.chown", "os.utime", "shutil.copyfile", "shutil.copytree", "shutil.move", "shutil.rmtree")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-# The optional keywords of the contract that a program may accept (eplb_bench.contract).
+# The optional keywords of the contract that a program may accept (eplb_bench.core.contract).
 OPTIONAL_KEYWORDS = ("prev_phy2log", "report")
 STANDALONE = ("a program file must stand alone: the harness is not inside the sandbox, so it cannot import "
               "eplb_bench; copy what you need from it into the file")

@@ -30,9 +30,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import MAX_VARIABLES, SOLVER, hierarchical_applies, layer_lower_bound
-from .datasets import Dataset, DatasetError, read_manifest, scenario_key
-from .registry import RegistryError, get_algorithm
+from eplb_bench.core.simulate import peak_gpu_load
+from eplb_bench.bounds.solver import MAX_VARIABLES, SOLVER, hierarchical_applies, layer_lower_bound
+from eplb_bench.data.dataset import Dataset, DatasetError
+from eplb_bench.data.manifests import read_manifest, scenario_key
+from eplb_bench.core.registry import RegistryError, get_algorithm
 
 FIELDS = ("lower_bound", "source", "status", "seconds")
 SAVE_EVERY_S = 2.0
@@ -81,22 +83,33 @@ def placement_peaks(dataset: Dataset, scenario, policy: str) -> np.ndarray | Non
     for window in dataset.windows.double():
         phy2log, _, logcnt = fast(window.float(), scenario.num_replicas, scenario.num_groups, scenario.num_nodes,
                                   scenario.num_gpus, **keep_groups)
-        slot_load = (window / logcnt).gather(1, phy2log)
-        peaks.append(slot_load.view(window.shape[0], scenario.num_gpus, -1).sum(-1).max(-1).values)
+        peaks.append(peak_gpu_load(window, phy2log, logcnt, scenario.num_gpus))
     return torch.stack(peaks).numpy()
 
 
-def prepared_entry(old: dict | None, dataset: Dataset, time_limit: float, max_variables: int, force: bool) -> dict:
-    """The manifest entry to fill: the old one when it was made the same way (its
-    finished bounds are kept), else an empty one."""
-    same = (isinstance(old, dict) and not force and old.get("time_limit_s") == time_limit
-            and old.get("max_variables") == max_variables and old.get("data_sha256") == dataset.meta.get("sha256")
-            and all(np.shape(old.get(name)) == (dataset.num_windows, dataset.num_layers) for name in FIELDS))
-    if same:
-        return old
+def prepared_entry(old: dict | None, dataset: Dataset, time_limit: float, max_variables: int,
+                   force: bool) -> tuple[dict, bool]:
+    """The manifest entry to fill, and whether every layer is to be solved again.
+
+    Without `force`, an entry for the same data is kept: made the same way, only its
+    missing layers are solved; made another way, every layer is solved again but a
+    stored bound is only ever replaced by a stronger one. With `force`, or for other
+    data, the entry starts empty.
+    """
+    same_data = (isinstance(old, dict) and old.get("data_sha256") == dataset.meta.get("sha256")
+                 and all(np.shape(old.get(name)) == (dataset.num_windows, dataset.num_layers) for name in FIELDS))
+    if same_data and not force:
+        same_way = old.get("time_limit_s") == time_limit and old.get("max_variables") == max_variables
+        return old, not same_way
     empty = [[None] * dataset.num_layers for _ in range(dataset.num_windows)]
-    return {"solver": SOLVER, "time_limit_s": time_limit, "max_variables": max_variables,
-            "data_sha256": dataset.meta.get("sha256"), **{name: [row[:] for row in empty] for name in FIELDS}}
+    fresh = {"solver": SOLVER, "time_limit_s": time_limit, "max_variables": max_variables,
+             "data_sha256": dataset.meta.get("sha256"), **{name: [row[:] for row in empty] for name in FIELDS}}
+    return fresh, True
+
+
+def stronger(result: dict, stored) -> bool:
+    """Whether a new bound may replace the stored one: none stored, or a higher bound."""
+    return stored is None or (result["bound"] is not None and result["bound"] > stored)
 
 
 FLAT_LIST = re.compile(r"\[\s+([^\[\]{}]*?)\s+\]")
@@ -126,7 +139,8 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
                    max_variables: int = MAX_VARIABLES, force: bool = False,
                    progress: Callable[[dict, int, int], None] | None = None) -> dict:
     """Bounds for every scenario, policy, window and layer of `datasets`, stored in
-    their manifests; returns {"done": n, "total": n, "skipped": n already stored, "seconds": s}.
+    their manifests; returns {"done": n, "total": n, "skipped": n already stored, "kept": n
+    solved again but weaker than the stored bound (which stays), "seconds": s}.
 
     `progress(result, done, total)` is called after each finished layer. On any
     interruption (KeyboardInterrupt included) the finished bounds are written first.
@@ -146,16 +160,17 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
             key = scenario_key(scenario)
             slot = stored.setdefault(key, {"scenario": scenario.name})
             for policy in policies_of(scenario):
-                entry = slot[policy] = prepared_entry(slot.get(policy), dataset, time_limit, max_variables, force)
+                entry, solve_all = prepared_entry(slot.get(policy), dataset, time_limit, max_variables, force)
+                slot[policy] = entry
                 missing = [(w, l) for w in range(dataset.num_windows) for l in range(dataset.num_layers)
-                           if entry["lower_bound"][w][l] is None]
+                           if solve_all or entry["lower_bound"][w][l] is None]
                 skipped += dataset.num_windows * dataset.num_layers - len(missing)
                 peaks = placement_peaks(dataset, scenario, policy) if missing and time_limit > 0 else None
                 tasks += [BoundTask(str(path), key, policy, w, l, windows[w, l], scenario.num_replicas,
                                     scenario.num_groups, scenario.num_nodes, scenario.num_gpus, time_limit,
                                     max_variables, None if peaks is None else float(peaks[w, l]))
                           for w, l in missing]
-    done, last_save = 0, time.perf_counter()
+    done, kept, last_save = 0, 0, time.perf_counter()
     pool, client = open_executor(jobs, executor) if tasks else (None, None)
     pending = []
     try:
@@ -163,10 +178,15 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
         for future in futures.as_completed(pending):
             result = future.result()
             entry = manifests[result["manifest"]]["bounds"][result["key"]][result["policy"]]
+            done += 1
+            if not stronger(result, entry["lower_bound"][result["window"]][result["layer"]]):
+                kept += 1   # the stored bound is at least as strong: it stays
+                if progress:
+                    progress(result, done, len(tasks))
+                continue
             for name, value in (("lower_bound", result["bound"]), ("source", result["source"]),
                                 ("status", result["solver"]), ("seconds", round(result["seconds"], 3))):
                 entry[name][result["window"]][result["layer"]] = value
-            done += 1
             if progress:
                 progress(result, done, len(tasks))
             if time.perf_counter() - last_save > SAVE_EVERY_S:
@@ -182,7 +202,8 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
             client.close()   # the Dask executor goes with its client
         elif pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    return {"done": done, "total": len(tasks), "skipped": skipped, "seconds": time.perf_counter() - started}
+    return {"done": done, "total": len(tasks), "skipped": skipped, "kept": kept,
+            "seconds": time.perf_counter() - started}
 
 
 def bound_summary(dataset: Dataset) -> list[dict]:

@@ -40,7 +40,7 @@ import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .datasets import datasets_dir
+from eplb_bench.data.catalog import datasets_dir
 
 ISOLATIONS = ("namespaces", "process")
 CHILD = Path(__file__).with_name("sandbox_child.py")
@@ -111,13 +111,13 @@ def python_roots() -> list[str]:
 
 def harness_paths() -> list[str]:
     """The harness's package, its balancers and its data: never visible to a program."""
-    found = {os.path.realpath(Path(__file__).parent), os.path.realpath(datasets_dir())}
+    package = Path(__file__).resolve().parents[1]   # eplb_bench/, above evaluation/
+    found = {os.path.realpath(package), os.path.realpath(datasets_dir())}
     spec = importlib.util.find_spec("eplb_bench_algorithms")
     if spec is not None and spec.submodule_search_locations:
         found.update(os.path.realpath(p) for p in spec.submodule_search_locations)
     for prefix in {sys.prefix, sys.base_prefix}:
         found.add(os.path.realpath(Path(prefix) / "share" / "eplb-bench"))
-    package = Path(__file__).resolve().parent
     if (package.parent / "pyproject.toml").is_file():
         found.add(str(package.parent))   # a source checkout: tests, results, everything
     return sorted(found)

@@ -10,9 +10,9 @@ changes its input `invalid`; neither stops the run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _datetime
 import math
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,13 +20,23 @@ from typing import Iterable, Iterator
 
 import torch
 
-from . import __version__
-from .contract import (PREVIOUS_PLACEMENT_KEYWORD, REPORT_KEYWORD, PlacementError, Scenario, as_placement,
-                       validate_placement)
-from .datasets import Dataset, Predictor, predicted_windows, stored_lower_bounds
-from .registry import AlgorithmInfo
-from .scoring import all_scores
-from .simulate import bound_metrics, internode_share, placement_metrics
+from eplb_bench import __version__
+from eplb_bench.core.contract import (
+    PREVIOUS_PLACEMENT_KEYWORD,
+    REPORT_KEYWORD,
+    PlacementError,
+    Scenario,
+    as_placement,
+    validate_placement,
+)
+from eplb_bench.data.dataset import Dataset
+from eplb_bench.data.predictors import Predictor, predicted_windows
+from eplb_bench.data.manifests import stored_lower_bounds
+from eplb_bench.core.machine import harness_commit, machine_identity
+from eplb_bench.core.record import Record
+from eplb_bench.core.registry import AlgorithmInfo
+from eplb_bench.core.scoring import all_scores
+from eplb_bench.core.simulate import bound_metrics, internode_share, placement_metrics
 
 
 class BalancerFailure(Exception):
@@ -86,7 +96,7 @@ def timed_call(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, pr
     except BaseException as exc:  # untrusted code, SystemExit included: record, never crash
         raise BalancerFailure("error", f"{type(exc).__name__}: {exc}") from None
     elapsed = time.perf_counter() - start
-    # A program in a sandbox (eplb_bench.sandbox) is timed by the parent, less the transfer.
+    # A program in a sandbox (eplb_bench.evaluation.sandbox) is timed by the parent, less the transfer.
     measured = getattr(info.function, "last_call_seconds", None)
     seconds = elapsed if measured is None else measured
     if not (isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0):
@@ -145,51 +155,39 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def host_info(device: str) -> dict:
-    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def base_record(job: Job, repeat: int) -> dict:
+def base_record(job: Job, repeat: int) -> Record:
+    """The record of `job` before anything is measured: what, how, where and when."""
     scenario, dataset = job.scenario, job.dataset
-    return {
-        "algorithm": job.algorithm.name,
-        "dataset": dataset.name,
-        "scenario": scenario.name,
-        "num_layers": dataset.num_layers,
-        "num_logical": dataset.num_logical,
+    return Record(
+        algorithm=job.algorithm.name,
+        source_hash=job.algorithm.source_hash,
+        dataset=dataset.name,
+        data_sha256=dataset.sha256,
+        scenario=scenario.name,
+        num_layers=dataset.num_layers,
+        num_logical=dataset.num_logical,
         **scenario.as_dict(),
-        "policy": "hierarchical" if scenario.hierarchical else "global",
-        "device": job.device,
-        "predictor": job.predictor.label(),
-        "repeat": repeat,
-        "status": "ok",
-        "error": None,
-        "windows_scored": 0,
-        "balancedness_gpu": None,
-        "balancedness_gpu_insample": None,
-        "balancedness_slot": None,
-        "balancedness_slot_insample": None,
-        "balancedness_node": None,
-        "internode_share": None,
-        "migrated_replicas": None,
-        "balancedness_ceiling": None,
-        "optimality_gap": None,
-        "bound_policy": None,
-        "balancer_report": None,
-        "prev_placement": "passed" if passes_previous(job) else ("off" if not job.migration else "not accepted"),
-        "computed_on": computed_on(job),
-        "runtime_ms": None,
-        "runtime_ms_min": None,
-        "runtime_ms_max": None,
-        "scores": None,
-        "eplb_bench_version": __version__,
-        "host": host_info(job.device),
-        "timestamp": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+        policy=scenario.policy,
+        device=job.device,
+        predictor=job.predictor.label(),
+        window_steps=dataset.window_steps,
+        repeat=repeat,
+        migration=job.migration,
+        prev_placement="passed" if passes_previous(job) else ("off" if not job.migration else "not accepted"),
+        computed_on=computed_on(job),
+        eplb_bench_version=__version__,
+        commit=harness_commit(),
+        host=machine_identity(job.device),
+        timestamp=_datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def runtime_spread(seconds: list[float]) -> dict:
+    """seconds: the timed calls -> runtime_ms (median), runtime_ms_min, _iqr and _max."""
+    ms = sorted(value * 1e3 for value in seconds)
+    quartiles = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
+    return {"runtime_ms": statistics.median(ms), "runtime_ms_min": ms[0], "runtime_ms_max": ms[-1],
+            "runtime_ms_iqr": quartiles[2] - quartiles[0]}
 
 
 def accepts_previous(info: AlgorithmInfo) -> bool:
@@ -220,7 +218,7 @@ def migrated_slots(phy2log: torch.Tensor, prev_phy2log: torch.Tensor) -> int:
     return int((phy2log != prev_phy2log).sum())
 
 
-def run_job(job: Job, repeat: int = 1) -> dict:
+def run_job(job: Job, repeat: int = 1) -> Record:
     """Plan on each window but the last, score on the next one; one record.
 
     The balancer plans on the predictor's view of window i (window i itself by
@@ -260,14 +258,11 @@ def run_job(job: Job, repeat: int = 1) -> dict:
                                              lower[window].to(windows.device)))
             shares.append(internode_share(windows[window + 1], phy2log, logcnt, scenario.num_nodes, *routing))
     except BalancerFailure as failure:
-        record["status"] = failure.status
         where = f"window {window}: " if window is not None else "warm-up: "
-        record["error"] = one_line(where + str(failure))
-        return record
-    median = statistics.median(seconds)
-    record.update(
-        runtime_ms_min=min(seconds) * 1e3,
-        runtime_ms_max=max(seconds) * 1e3,
+        return dataclasses.replace(record, status=failure.status, error=one_line(where + str(failure)))
+    record = dataclasses.replace(
+        record,
+        **runtime_spread(seconds),
         windows_scored=len(next_window),
         balancedness_gpu=_mean([m["balancedness_gpu"] for m in next_window]),
         balancedness_gpu_insample=_mean([m["balancedness_gpu"] for m in in_sample]),
@@ -280,13 +275,12 @@ def run_job(job: Job, repeat: int = 1) -> dict:
         optimality_gap=_mean([m["optimality_gap"] for m in bounded]) if bounded else None,
         bound_policy="global" if bounded else None,
         balancer_report=reports or None,
-        runtime_ms=median * 1e3,
     )
-    record["scores"] = all_scores(record, median)
+    record.scores = all_scores(record, record.runtime_ms / 1e3)
     return record
 
 
-def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[dict]:
+def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[Record]:
     """Records of `jobs`, yielded one by one as each finishes."""
     for job in jobs:
         yield run_job(job, repeat)

@@ -45,6 +45,13 @@ class ScenarioError(ValueError):
     """A scenario whose numbers do not fit the model or each other."""
 
 
+def hierarchical_applies(num_groups: int, num_nodes: int) -> bool:
+    """Whether DeepSeek's hierarchical policy (whole expert groups per node) constrains a
+    scenario: only with more than one node, and groups that divide among the nodes. On
+    one node it places exactly as the global policy, and is treated as global."""
+    return num_nodes > 1 and num_groups % num_nodes == 0
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One deployment: how many physical slots, expert groups, nodes and GPUs."""
@@ -65,8 +72,13 @@ class Scenario:
 
     @property
     def hierarchical(self) -> bool:
-        """Whether DeepSeek's policy keeps whole expert groups on one node."""
-        return self.num_groups % self.num_nodes == 0
+        """Whether DeepSeek's hierarchical policy constrains this scenario (see hierarchical_applies)."""
+        return hierarchical_applies(self.num_groups, self.num_nodes)
+
+    @property
+    def policy(self) -> str:
+        """"hierarchical" where whole expert groups are kept on one node of several, else "global"."""
+        return "hierarchical" if self.hierarchical else "global"
 
     def label(self) -> str:
         return f"R{self.num_replicas}/G{self.num_groups}/N{self.num_nodes}/P{self.num_gpus}"

@@ -1,0 +1,102 @@
+"""The list and run commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from eplb_bench.commands.common import (
+    UsageError,
+    progress_bar,
+    resolve_algorithms,
+    resolve_datasets,
+    resolve_device,
+    scenario_override,
+    scenarios_for,
+    warn,
+)
+from eplb_bench.core.registry import algorithm_info, broken_algorithms, list_algorithms
+from eplb_bench.core.results import ResultsWriter, read_results
+from eplb_bench.data.predictors import parse_predictor
+from eplb_bench.evaluation.runner import Job, base_record, run_job
+from eplb_bench.reports.text import format_table
+
+
+def command_list(args) -> int:
+    for name in list_algorithms():
+        info = algorithm_info(name)
+        flags = ", ".join(info.devices) + (", slow" if info.slow else "")
+        print(f"{name:24s} [{flags}] {info.description}")
+    broken = broken_algorithms()
+    if broken:
+        print("\nnot loaded:")
+        for name, reason in sorted(broken.items()):
+            print(f"{name:24s} {' '.join(reason.split())}")
+    return 0
+
+
+def job_label(job: Job) -> str:
+    """A job as one short line: balancer, dataset and scenario name (or shape)."""
+    return f"{job.algorithm.name} on {job.dataset.name} {job.scenario.name or job.scenario.label()}"
+
+
+def resumed(path: str, jobs: list[Job], repeat: int) -> tuple[list, list[Job]]:
+    """The records `path` already holds, and the jobs whose measurement none of them is."""
+    if not os.path.exists(path):
+        return [], jobs
+    read = read_results([path])
+    for line in read.skipped:
+        warn(f"{line} (skipped)")
+    done = {record.identity() for record in read.records}
+    return read.records, [job for job in jobs if base_record(job, repeat).identity() not in done]
+
+
+def command_run(args) -> int:
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    if args.window_steps < 1:
+        raise UsageError("--window-steps must be at least 1")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out FILE")
+    try:
+        predictor = parse_predictor(args.predictor)
+    except ValueError as exc:
+        raise UsageError(f"--predictor: {exc}") from None
+    device = resolve_device(args.device)
+    algorithms = resolve_algorithms(args.algorithms)
+    datasets = resolve_datasets(args.datasets, args.window_steps, args.imported)
+    override = scenario_override(args)
+    jobs = [
+        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
+        for dataset in datasets
+        for scenario in scenarios_for(dataset, override)
+        for info in algorithms
+    ]
+    records = []
+    if args.resume:
+        records, jobs = resumed(args.out, jobs, args.repeat)
+        warn(f"resuming: {len(records)} record(s) in {args.out}, {len(jobs)} job(s) to run", "note")
+    out = ResultsWriter(args.out) if args.out else None
+    try:
+        with progress_bar(len(jobs), "run", args.quiet) as bar:
+            for job in jobs:
+                bar.set_postfix_str(job_label(job), refresh=True)
+                record = run_job(job, repeat=args.repeat)
+                records.append(record)
+                if out:
+                    out.append(record)
+                if args.json:
+                    bar.write(record.to_json(), file=sys.stdout)
+                bar.update()
+    finally:
+        if out:
+            out.close()
+    if not args.json:
+        print(format_table(records, args.scorer))
+        left_out = [name for name in list_algorithms() if algorithm_info(name).slow] if not args.algorithms else []
+        if left_out:
+            print(f"\nleft out (slow; name them with --algorithms): {', '.join(left_out)}")
+    if not any(record.status == "ok" for record in records):
+        warn("no balancer was scored on any scenario", "error")
+        return 1
+    return 0

@@ -1,0 +1,297 @@
+"""Load files read into windows `[num_windows, num_layers, num_logical]`: vLLM/ADRS
+load-history JSON (streamed), SGLang expert-distribution dumps and .npz, with their checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, DatasetError
+
+
+def check_windows(windows: np.ndarray, where: str) -> np.ndarray:
+    """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads."""
+    if windows.ndim != 3:
+        raise DatasetError(f"{where}: loads have shape {windows.shape}, expected [windows, layers, experts]")
+    if min(windows.shape) < 1:
+        raise DatasetError(f"{where}: loads have an empty dimension, shape {windows.shape}")
+    check_values(windows, f"{where}: loads")
+    if windows.shape[0] < 2:
+        raise DatasetError(
+            f"{where}: only {windows.shape[0]} window; at least 2 are needed (plan on one, score on the next)"
+        )
+    return windows
+
+
+def check_values(loads: np.ndarray, where: str, limit: int = np.iinfo(np.int64).max // 2) -> None:
+    """Raise DatasetError unless `loads` are finite, non-negative numbers not above `limit`."""
+    if not (np.issubdtype(loads.dtype, np.integer) or np.issubdtype(loads.dtype, np.floating)):
+        raise DatasetError(f"{where} have dtype {loads.dtype}, expected numbers")
+    if np.issubdtype(loads.dtype, np.floating) and not np.isfinite(loads).all():
+        raise DatasetError(f"{where} contain NaN or infinite values")
+    if (loads < 0).any():
+        raise DatasetError(f"{where} contain negative values")
+    if loads.size and loads.max() > limit:
+        raise DatasetError(f"{where} are too large (over {limit})")
+
+
+def _too_few_windows(num_steps: int, num_windows: int, window_steps: int, where: str) -> DatasetError:
+    return DatasetError(
+        f"{where}: {num_steps} steps make {num_windows} window(s) of {window_steps}; at least 2 are needed"
+    )
+
+
+def _counts_as_integers(windows: np.ndarray) -> np.ndarray:
+    """Float windows that hold whole numbers become int64; others stay as they are."""
+    if np.issubdtype(windows.dtype, np.floating) and (windows == np.round(windows)).all():
+        return windows.astype(np.int64)
+    return windows
+
+
+def steps_to_windows(steps: np.ndarray, window_steps: int, where: str) -> np.ndarray:
+    """steps: [num_steps, L, E] -> [num_steps // window_steps, L, E]; a partial last window is dropped."""
+    num_windows = steps.shape[0] // window_steps
+    if num_windows < 2:
+        raise _too_few_windows(steps.shape[0], num_windows, window_steps, where)
+    usable = steps[: num_windows * window_steps]
+    return _counts_as_integers(usable.reshape(num_windows, window_steps, *steps.shape[1:]).sum(1))
+
+
+READ_CHARS = 1 << 22
+# One step of the largest model (94 layers x 384 experts) is well under this.
+MAX_VALUE_CHARS = 1 << 26
+_WHITESPACE = re.compile(r"\s*")
+
+
+class _JsonStream:
+    """A JSON text read in chunks: whitespace, single characters and whole values.
+
+    Only the unread part of the current chunk and one value are held at a time.
+    """
+
+    def __init__(self, handle, path: Path):
+        self.handle, self.path = handle, path
+        self.buffer, self.position, self.at_end = "", 0, False
+
+    def _refill(self) -> bool:
+        if self.at_end:
+            return False
+        try:
+            more = self.handle.read(READ_CHARS)
+        except UnicodeDecodeError:
+            raise DatasetError(f"{self.path}: not valid JSON (not UTF-8 text)") from None
+        self.at_end = not more
+        self.buffer, self.position = self.buffer[self.position:] + more, 0
+        return bool(more)
+
+    def peek(self) -> str:
+        """The next non-whitespace character, '' at the end of the file."""
+        while True:
+            self.position = _WHITESPACE.match(self.buffer, self.position).end()
+            if self.position < len(self.buffer) or not self._refill():
+                return self.buffer[self.position:self.position + 1]
+
+    def take(self, allowed: str, where: str) -> str:
+        char = self.peek()
+        if not char or char not in allowed:
+            found = repr(char) if char else "the end of the file"
+            raise DatasetError(f"{self.path}: not valid JSON ({where}: expected {' or '.join(allowed)}, found {found})")
+        self.position += 1
+        return char
+
+    def value(self, where: str):
+        """Decode the next whole JSON value, reading on while it is incomplete."""
+        self.peek()
+        decoder = json.JSONDecoder()
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.buffer, self.position)
+            except json.JSONDecodeError as exc:
+                # An error at the buffer's end (or an unterminated string) may just mean "read on".
+                unfinished = exc.pos >= len(self.buffer) or exc.msg.startswith("Unterminated string")
+                at_tail = unfinished or exc.pos >= len(self.buffer) - 6
+                if len(self.buffer) - self.position >= MAX_VALUE_CHARS:
+                    raise DatasetError(f"{self.path}: {where} is larger than {MAX_VALUE_CHARS} characters") from None
+                if at_tail and self._refill():
+                    continue
+                reason = "the file ends inside it" if unfinished else exc.msg
+                raise DatasetError(f"{self.path}: not valid JSON ({where}: {reason})") from None
+            except RecursionError:
+                raise DatasetError(f"{self.path}: not valid JSON ({where} is nested too deeply)") from None
+            self.position = end
+            return value
+
+
+def iter_vllm_steps(path: Path):
+    """Yield each step's load [num_layers, num_logical] of a vLLM/ADRS load history.
+
+    The document is an object whose top-level "load_history" is a list of step
+    objects, each with a "logical_expert_load" [[...], ...]; other keys are skipped.
+    It is parsed as a stream: one step at a time, never the whole document. Raises
+    DatasetError for a malformed or truncated file.
+    """
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open ({exc.strerror})") from None
+    with handle:
+        stream = _JsonStream(handle, path)
+        stream.take("{", "the document")
+        found = False
+        if stream.peek() == "}":
+            stream.take("}", "the document")
+        else:
+            while True:
+                key = stream.value("a key")
+                if not isinstance(key, str):
+                    raise DatasetError(f"{path}: not valid JSON (a key must be a string)")
+                stream.take(":", f"after key {key!r}")
+                if key == "load_history":
+                    found = True
+                    yield from _history_steps(stream, path)
+                else:
+                    stream.value(f"the value of {key!r}")
+                if stream.take(",}", "in the document") == "}":
+                    break
+        if stream.peek():
+            raise DatasetError(f"{path}: not valid JSON (data after the document)")
+        if not found:
+            raise DatasetError(f'{path}: expected an object with a non-empty "load_history" list')
+
+
+def _history_steps(stream: "_JsonStream", path: Path):
+    """The steps of the "load_history" list, the stream standing at its '['."""
+    stream.take("[", '"load_history"')
+    if stream.peek() == "]":
+        raise DatasetError(f'{path}: "load_history" is empty')
+    index = 0
+    while True:
+        entry = stream.value(f"step {index}")
+        if not isinstance(entry, dict) or "logical_expert_load" not in entry:
+            raise DatasetError(f"{path}: step {index} has no logical_expert_load")
+        yield _step_array(entry["logical_expert_load"], path, index)
+        index += 1
+        if stream.take(",]", '"load_history"') == "]":
+            return
+
+
+def _step_array(value, path: Path, index: int) -> np.ndarray:
+    try:
+        step = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise DatasetError(f"{path}: step {index} has a malformed logical_expert_load") from None
+    if step.ndim != 2 or step.size == 0:
+        raise DatasetError(f"{path}: step {index} has shape {step.shape}, expected [layers, experts]")
+    if not np.isfinite(step).all() or (step < 0).any():
+        raise DatasetError(f"{path}: step {index} has NaN, infinite or negative loads")
+    return step
+
+
+def sum_into_windows(steps, window_steps: int, where: str) -> np.ndarray:
+    """Sum an iterable of [L, E] steps into windows [W, L, E]; a partial last window is dropped."""
+    windows, current, count, total = [], None, 0, 0
+    for step in steps:
+        if current is None:
+            current = np.zeros_like(step)
+        elif step.shape != current.shape:
+            raise DatasetError(f"{where}: step {total} has shape {step.shape}, the first step {current.shape}")
+        current += step
+        count += 1
+        total += 1
+        if count == window_steps:
+            windows.append(current)
+            current, count = np.zeros_like(current), 0
+    if len(windows) < 2:
+        raise _too_few_windows(total, len(windows), window_steps, where)
+    return _counts_as_integers(np.stack(windows))
+
+
+def load_vllm_json(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np.ndarray:
+    """vLLM/ADRS load history -> windows [W, L, E].
+
+    Format: {"load_history": [{"logical_expert_load": [[...], ...]}, ...]}, one entry
+    per step of [num_layers, num_logical] loads, read as a stream (see iter_vllm_steps).
+    """
+    return sum_into_windows(iter_vllm_steps(path), window_steps, str(path))
+
+
+def load_sglang_dump(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np.ndarray:
+    """SGLang expert-distribution dump (torch.save of a dict with `logical_count`) -> windows.
+
+    `logical_count` is [num_steps, num_layers, num_logical] per-step counts (a 2-D
+    [num_layers, num_logical] count is one step). Loaded with weights_only=True: no code runs.
+    """
+    try:
+        document = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise DatasetError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
+    counts = document.get("logical_count") if isinstance(document, dict) else None
+    if not isinstance(counts, torch.Tensor):
+        raise DatasetError(f"{path}: expected a dict with a 'logical_count' tensor (SGLang expert distribution dump)")
+    try:
+        counts = counts.detach().to_dense().double().numpy()
+    except (RuntimeError, TypeError) as exc:
+        raise DatasetError(f"{path}: logical_count cannot be read as numbers ({type(exc).__name__})") from None
+    if counts.ndim == 2:
+        counts = counts[None]
+    if counts.ndim != 3:
+        raise DatasetError(f"{path}: logical_count has shape {counts.shape}, expected [steps, layers, experts]")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise DatasetError(f"{path}: logical_count has NaN, infinite or negative counts")
+    return steps_to_windows(counts, window_steps, str(path))
+
+
+def load_npz(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
+    """An .npz with `windows` [W, L, E] or `steps` [S, L, E], and optional metadata.
+
+    Optional arrays: `num_groups` (scalar), `window_steps` (scalar, for `steps`).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+    meta = {"format": "npz"}
+    if "num_groups" in contents:
+        meta["num_groups"] = _positive_scalar(contents["num_groups"], "num_groups", path)
+    if "windows" in contents:
+        return contents["windows"], meta
+    if "steps" in contents:
+        steps_per_window = window_steps
+        if "window_steps" in contents:
+            steps_per_window = _positive_scalar(contents["window_steps"], "window_steps", path)
+        steps = contents["steps"]
+        if steps.ndim != 3 or min(steps.shape) < 1:
+            raise DatasetError(f"{path}: steps have shape {steps.shape}, expected [steps, layers, experts]")
+        check_values(steps, f"{path}: steps", limit=np.iinfo(np.int64).max // (2 * steps_per_window))
+        meta["window_steps"] = steps_per_window
+        return steps_to_windows(steps, steps_per_window, str(path)), meta
+    raise DatasetError(f"{path}: expected an array named 'windows' or 'steps', found {sorted(contents) or 'none'}")
+
+
+def _positive_scalar(value, key: str, where) -> int:
+    """A metadata value that must be one positive integer; DatasetError otherwise."""
+    array = np.asarray(value)
+    if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or array != np.round(array) or array < 1:
+        raise DatasetError(f"{where}: {key} must be one positive integer, got {value!r}")
+    return int(array)
+
+
+def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
+    """Windows [W, L, E] and metadata of a load file, by its extension.
+
+    .json: vLLM/ADRS load history; .pt/.pth: SGLang expert-distribution dump; .npz.
+    """
+    if path.suffix == ".npz":
+        return load_npz(path, window_steps)
+    if path.suffix == ".json":
+        return load_vllm_json(path, window_steps), {"window_steps": window_steps, "format": "vllm-json"}
+    if path.suffix in (".pt", ".pth"):
+        return load_sglang_dump(path, window_steps), {"window_steps": window_steps, "format": "sglang-dump"}
+    raise DatasetError(f"{path}: unknown dataset format {path.suffix!r} (expected .json, .npz, .pt or .pth)")
