@@ -42,7 +42,7 @@ def test_main_job_runs_every_balancer_on_every_suite_scenario(main_job_records):
         assert 0 < record["balancedness_gpu"] <= 1 and 0 < record["balancedness_slot"] <= 1
         assert record["balancedness_gpu"] <= record["balancedness_gpu_insample"] + 0.05
         assert record["runtime_ms_min"] <= record["runtime_ms"] <= record["runtime_ms_max"]
-        assert set(record["scores"]) == {"adrs", "skydiscover", "adrs_leaderboard"}
+        assert set(record["scores"]) == {"adrs", "skydiscover", "adrs_leaderboard", "balance"}
 
 
 @pytest.fixture
@@ -59,7 +59,8 @@ def test_table_and_out_file(small_npz, tmp_path, capsys):
             "--replicas", "24", "--groups", "4", "--nodes", "2", "--gpus", "8", "--out", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "small  R=24 groups=4 nodes=2 gpus=8 (hierarchical)  device=cpu  predictor=last  ranked by adrs_leaderboard" in table
+    assert "small: R=24 groups=4 nodes=2 gpus=8 (hierarchical) device=cpu predictor=last on cpu: " in table
+    assert "Standings on cpu: " in table and "Balance standings on cpu: " in table
     assert "deepseek" in table and "seed" in table
     assert main(args) == 0  # appends
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -110,7 +111,7 @@ ERROR_CASES = [
     (["run", "--algorithms", ","], 2, "--algorithms names no balancer"),
     (["run", "--predictor", "ema:2"], 2, "--predictor: unknown predictor 'ema:2'"),
     (["run", "--window-steps", "0"], 2, "--window-steps must be at least 1"),
-    (["datasets", "show", "nope"], 2, "no shipped dataset named 'nope'"),
+    (["datasets", "show", "nope"], 2, "no dataset named 'nope'"),
     (["datasets", "import", "{dir}/broken.json", "--name", "x"], 1, "broken.json: not valid JSON"),
     (["datasets", "import", "{dir}/nan.npz", "--name", "x", "--scenario", "1,2"], 2, "--scenario expects R,G,N,P"),
     (["datasets", "import", "{dir}/ok.npz", "--name", "x", "--scenario", "64,8,2,9"], 2,

@@ -313,7 +313,7 @@ def test_reasons_and_reports_stay_plain(program):
     assert record["error"].isprintable()   # no escape, carriage return or bell reaches a terminal
     [record] = evaluate(hostile(program, "nan_report"), "mixtral-8x7b", timeout=20)
     assert record["status"] == "ok" and record["balancer_report"][0] == {"dropped": "a report with NaN or infinite numbers"}
-    json.dumps(record, allow_nan=False)
+    record.to_json()   # refuses NaN and Infinity
 
 
 @needs_namespaces
@@ -397,7 +397,7 @@ def test_heldout_seeds_appear_only_after_the_run(program):
     seen = []
     records = evaluate_heldout(program("round_robin", ROUND_ROBIN), [("mixtral-8x7b", 99), ("gpt-oss-120b", 98)],
                                lambda dataset: dataset.scenarios, timeout=20,
-                               progress=lambda record: seen.append("heldout_seed" in record))
+                               progress=lambda record: seen.append(record.heldout_seed is not None))
     assert seen == [False, False]
     assert [r["heldout_seed"] for r in records] == [99, 98] and all(r["status"] == "ok" for r in records)
 
@@ -439,7 +439,7 @@ def test_process_isolation_is_said_plainly(program, capsys):
 
 
 def test_without_namespaces_evaluate_refuses_unless_told(program, capsys, monkeypatch):
-    monkeypatch.setattr("eplb_bench.cli.namespaces_unavailable", lambda: "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr("eplb_bench.commands.evaluate.namespaces_unavailable", lambda: "bubblewrap (bwrap) is not installed")
     path = program("round_robin", ROUND_ROBIN)
     assert main(["evaluate", str(path), "--datasets", "mixtral-8x7b"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
@@ -455,7 +455,7 @@ def test_run_resume_skips_what_a_killed_run_finished(tmp_path, capsys):
     capsys.readouterr()
     assert main(arguments + ["--resume", "--json"]) == 0
     printed = capsys.readouterr()
-    assert "1 record(s)" in printed.err and "1 job(s) to run" in printed.err and "not a complete record" in printed.err
+    assert "1 record(s)" in printed.err and "1 job(s) to run" in printed.err and ":2: malformed JSON" in printed.err
     assert [json.loads(line)["algorithm"] for line in printed.out.splitlines()] == ["deepseek"]
     kept, cut, appended = out.read_text().splitlines()
     assert kept == first and cut == second[: len(second) // 2] and json.loads(appended)["algorithm"] == "deepseek"

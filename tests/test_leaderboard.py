@@ -12,7 +12,23 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from eplb_bench.reports.leaderboard import HELDOUT_HEADING, NOT_ISOLATED_LEGEND, ResultsError, is_isolated, load_records, machine_label, pareto_front, standings, write_leaderboard
+from eplb_bench.core.record import Record
+from eplb_bench.core.results import ResultsError, latest_by_identity, read_results
+from eplb_bench.reports.leaderboard import HELDOUT_HEADING, write_leaderboard
+from eplb_bench.reports.standings import NOT_ISOLATED_LEGEND, is_isolated, machine_of, pareto_front, standings
+
+
+def load_records(paths):
+    """What the leaderboard ranks: every valid record, the latest of each identity and
+    machine; a skipped line raises here, so its report can be checked."""
+    read = read_results(paths)
+    if read.skipped:
+        raise ResultsError(read.skipped[0])
+    return latest_by_identity(read.records, machine_of)[0]
+
+
+def machine_label(values):
+    return machine_of(values if isinstance(values, Record) else Record.from_dict(values))
 
 CPU_HOST = {"machine": "x86_64", "processor": "x86_64", "python": "3.11.7", "torch": "2.13.0+cpu"}
 GPU_HOST = {**CPU_HOST, "torch": "2.13.0+cu128", "gpu": "NVIDIA H100 80GB HBM3"}
@@ -47,7 +63,7 @@ def test_load_records_reads_every_object_and_skips_blank_lines(tmp_path):
     other = write_jsonl(tmp_path / "b.jsonl", [record("c", scenario="s2")])
     loaded = load_records([path, str(other)])
     assert [r["algorithm"] for r in loaded] == ["a", "b", "c"]
-    assert loaded[0] == record("a")
+    assert loaded[0] == Record.from_dict(record("a"))
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -72,8 +88,8 @@ def test_the_last_duplicate_wins_and_machines_are_kept_apart(tmp_path):
     loaded = load_records([path, later])
     by_machine = {(r["algorithm"], machine_label(r)): r["balancedness_gpu"] for r in loaded}
     assert len(loaded) == 3
-    assert by_machine[("a", "cpu: x86_64 (torch 2.13.0)")] == 0.7
-    assert by_machine[("a", "cuda: NVIDIA H100 80GB HBM3 (torch 2.13.0)")] == 0.6
+    assert by_machine[("a", "cpu: x86_64, torch 2.13.0")] == 0.7
+    assert by_machine[("a", "cuda: NVIDIA H100 80GB HBM3, torch 2.13.0")] == 0.6
 
 
 def test_a_missing_file_is_a_results_error(tmp_path):
@@ -82,9 +98,12 @@ def test_a_missing_file_is_a_results_error(tmp_path):
 
 
 def test_machine_label_names_device_kind_and_hardware():
-    assert machine_label(record("a")) == "cpu: x86_64 (torch 2.13.0)"
-    assert machine_label(record("a", device="cuda:1", host=GPU_HOST)) == "cuda: NVIDIA H100 80GB HBM3 (torch 2.13.0)"
+    assert machine_label(record("a")) == "cpu: x86_64, torch 2.13.0"
+    assert machine_label(record("a", device="cuda:1", host=GPU_HOST)) == "cuda: NVIDIA H100 80GB HBM3, torch 2.13.0"
     assert machine_label({"algorithm": "a", "dataset": "d", "status": "ok"}) == "cpu: unknown host"
+    full = {**CPU_HOST, "cpu_model": "AMD EPYC 7B13", "logical_cores": 2, "threads": 1, "numpy": "2.1.0"}
+    assert machine_label(record("a", host=full)) == "cpu: AMD EPYC 7B13, 2 cores, 1 thread, torch 2.13.0, numpy 2.1.0"
+    assert machine_label(record("a", host=full)) != machine_label(record("a", host={**full, "threads": 2}))
 
 
 # ---------------------------------------------------------------- pareto_front
@@ -167,9 +186,9 @@ def test_two_machines_get_separate_rankings(tmp_path):
         ("cpu", "a", 1), ("cpu", "b", 2), ("cuda", "b", 1), ("cuda", "a", 2)]
     assert all(row["scenarios_total"] == 1 for row in rows)
     markdown = write_leaderboard(cpu + gpu, tmp_path)["markdown"].read_text()
-    assert "per machine and never mixed" in markdown
-    assert "## Standings on cpu: x86_64 (torch 2.13.0)" in markdown
-    assert "## Standings on cuda: NVIDIA H100 80GB HBM3 (torch 2.13.0)" in markdown
+    assert "never mixed" in markdown
+    assert "## Standings on cpu: x86_64, torch 2.13.0," in markdown
+    assert "## Standings on cuda: NVIDIA H100 80GB HBM3, torch 2.13.0," in markdown
     one_machine = write_leaderboard(cpu, tmp_path / "one")["markdown"].read_text()
     assert "never mixed" not in one_machine
 
@@ -214,25 +233,25 @@ def check_png(path):
 
 def test_write_leaderboard_on_measured_records(measured_records, tmp_path):
     paths = write_leaderboard(measured_records, tmp_path / "out", scorer="adrs_leaderboard")
-    assert set(paths) == {"markdown", "scatter", "bars", "html"}
+    assert set(paths) == {"markdown", "scatter", "bars", "runtime", "migrations", "html"}
     assert all(path.parent == tmp_path / "out" and path.is_file() for path in paths.values())
     markdown = paths["markdown"].read_text()
     order = expected_order(measured_records, "adrs_leaderboard")
     standings_rows = table_rows(markdown, "## Standings on ")
     assert [row[1] for row in standings_rows] == order
-    assert standings_rows[0][0] == "1" and standings_rows[-1][0] == "3*" and standings_rows[-1][-1] == "0/1"
+    assert standings_rows[0][0] == "1" and standings_rows[-1][0] == "3\\*" and standings_rows[-1][-1] == "0/1"
     # the chosen scorer is the first score column, then the others
     header = markdown.split("## Standings on ", 1)[1].splitlines()[2]
     assert [cell.strip() for cell in header.strip("|").split("|")][2:5] == ["adrs_leaderboard", "adrs", "skydiscover"]
     scenario_rows = table_rows(markdown, "### mixtral-8x7b EP8")
     assert [row[1] for row in scenario_rows] == order
-    assert scenario_rows[-1][-1] == "error: window 3: ValueError: <bad> & worse"
+    assert scenario_rows[-1][-1] == "error: window 3: ValueError: &lt;bad&gt; &amp; worse"
     assert scenario_rows[-1][2] == "-" and scenario_rows[0][4] != "-"  # ceiling known for ok records
-    for kind in ("scatter", "bars"):
+    for kind in ("scatter", "bars", "runtime", "migrations"):
         check_png(paths[kind])
     page = paths["html"].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 4
     assert "&lt;bad&gt; &amp; worse" in page and "<bad>" not in page
 
 
@@ -240,7 +259,7 @@ def test_another_scorer_reorders_the_page(measured_records, tmp_path):
     markdown = write_leaderboard(measured_records, tmp_path, scorer="skydiscover")["markdown"].read_text()
     assert [row[1] for row in table_rows(markdown, "## Standings on ")] == expected_order(measured_records,
                                                                                           "skydiscover")
-    assert "Ranked by `skydiscover`" in markdown
+    assert "Ranked by skydiscover (" in markdown
 
 
 def test_no_scored_results_still_writes_every_file(tmp_path):
@@ -251,7 +270,7 @@ def test_no_scored_results_still_writes_every_file(tmp_path):
             check_png(paths[kind])
         assert "<html" in paths["html"].read_text()
     failed_markdown = written["failed"]["markdown"].read_text()
-    assert "crash: boom <b>\\|</b>" in failed_markdown and "memory: boom" in failed_markdown
+    assert "crash: boom &lt;b&gt;\\|&lt;/b&gt;" in failed_markdown and "memory: boom" in failed_markdown
     assert [row[1] for row in table_rows(failed_markdown, "## Standings on ")] == ["a", "b"]
     assert "&lt;b&gt;" in written["failed"]["html"].read_text()
     assert "No records." in written["empty"]["markdown"].read_text()
@@ -261,8 +280,8 @@ def test_missing_values_show_as_a_dash(tmp_path):
     records = [record("a", scores={"adrs": 0.5}), record("b", ceiling=1.0)]
     markdown = write_leaderboard(records, tmp_path)["markdown"].read_text()
     rows = {row[1]: row for row in table_rows(markdown, "### d s1")}
-    assert rows["a"][4] == "-" and rows["a"][5] == "-"  # no ceiling, no gap
-    assert rows["b"][4] == "1.0000" and rows["b"][5] == "10.00%"
+    assert rows["a"][7] == "-" and rows["a"][8] == "-"  # no ceiling, no gap
+    assert rows["b"][7] == "1.0000" and rows["b"][8] == "10.00%"
     standings_rows = {row[1]: row for row in table_rows(markdown, "## Standings on ")}
     assert standings_rows["a"][2] == "-" and standings_rows["a"][3] == "0.5000"
 
@@ -302,7 +321,7 @@ def test_heldout_records_are_ranked_in_their_own_labelled_section(tmp_path):
     assert "6 records (2 public, 4 held-out)" in markdown
     assert cells(table_rows(markdown, "## Standings on "), 1) == ["a", "b"]
     assert cells(table_rows(markdown, "### d s1"), 1) == ["a", "b"]
-    held_standings = table_rows(markdown, "### Held-out standings on cpu: x86_64 (torch 2.13.0)")
+    held_standings = table_rows(markdown, "### Held-out standings on cpu: x86_64, torch 2.13.0,")
     assert cells(held_standings, 0) == ["1", "2", "3"] and cells(held_standings, 1) == ["c", "b", "a"]
     assert cells(held_standings, -1) == ["1", "1", "2"]  # seeds pooled
     held_scenario = table_rows(markdown, "#### Held-out d s1")
@@ -346,8 +365,8 @@ def test_a_heldout_record_does_not_replace_the_public_one(tmp_path):
 def test_results_that_were_not_isolated_are_marked(tmp_path):
     records = [dict(record("safe.py", gpu=0.8), isolation="namespaces"),
                dict(record("risky.py", gpu=0.9), isolation="process"), record("fast", gpu=0.7)]
-    assert [is_isolated(r) for r in records] == [True, False, True]
-    assert not is_isolated(record("inproc.py"))  # a program file run in the harness's own process
+    assert [is_isolated(Record.from_dict(r)) for r in records] == [True, False, True]
+    assert not is_isolated(Record.from_dict(record("inproc.py")))  # a program file run in the harness's own process
     rows = standings(records, "adrs_leaderboard")
     assert [(row["algorithm"], row["isolated"]) for row in rows] == [
         ("risky.py", False), ("safe.py", True), ("fast", True)]
@@ -357,10 +376,10 @@ def test_results_that_were_not_isolated_are_marked(tmp_path):
     assert cells(table_rows(markdown, "### d s1"), 1) == ["risky.py †", "safe.py", "fast"]
     assert cells(table_rows(markdown, "### Held-out standings on "), 1) == ["risky.py †"]
     assert cells(table_rows(markdown, "#### Held-out d s1"), 1) == ["risky.py †"]
-    assert markdown.count(NOT_ISOLATED_LEGEND) == 4  # under each table with a marked row
+    assert markdown.count(NOT_ISOLATED_LEGEND) == 6  # under each table with a marked row (two standings each)
     page = paths["html"].read_text()
     assert "risky.py †</td>" in page and "safe.py †" not in page
-    assert page.count(html.escape(NOT_ISOLATED_LEGEND)) == 4
+    assert page.count(html.escape(NOT_ISOLATED_LEGEND)) == 6
     trusted = write_leaderboard(records[::2], tmp_path / "trusted")["markdown"].read_text()
     assert "†" not in trusted
 
@@ -370,25 +389,25 @@ def bad_value(**fields):
 
 
 @pytest.mark.parametrize("bad, reason", [
-    (bad_value(runtime_ms=float("nan")), "runtime_ms is nan"),
+    (bad_value(runtime_ms=float("nan")), "NaN is not a measurement"),
     (bad_value(runtime_ms=-1.0), "runtime_ms is negative (-1.0)"),
-    (bad_value(runtime_ms=float("inf")), "runtime_ms is inf"),
-    (bad_value(runtime_ms_min=float("-inf")), "runtime_ms_min is -inf"),
-    (bad_value(runtime_ms_max=float("nan")), "runtime_ms_max is nan"),
-    (bad_value(runtime_ms="1.5"), "runtime_ms is not a number (str)"),
-    (bad_value(runtime_ms=True), "runtime_ms is not a number (bool)"),
-    (bad_value(balancedness_gpu=float("nan")), "balancedness_gpu is nan"),
-    (bad_value(scores={"adrs": float("nan")}), "scores.adrs is nan"),
-    (bad_value(scores={"adrs_leaderboard": float("inf")}), "scores.adrs_leaderboard is inf"),
-    (bad_value(scores=[1.0]), "scores must be an object, got list"),
-    (bad_value(status=1), "status must be a string, got int"),
-    (bad_value(status=None), "status must be a string, got NoneType"),
+    (bad_value(runtime_ms=float("inf")), "Infinity is not a measurement"),
+    (bad_value(runtime_ms_min=float("-inf")), "-Infinity is not a measurement"),
+    (bad_value(runtime_ms_max=float("nan")), "NaN is not a measurement"),
+    (bad_value(runtime_ms="1.5"), "runtime_ms must be float or int, got str"),
+    (bad_value(runtime_ms=True), "runtime_ms must be float or int, got a boolean"),
+    (bad_value(balancedness_gpu=float("nan")), "NaN is not a measurement"),
+    (bad_value(scores={"adrs": float("nan")}), "NaN is not a measurement"),
+    (bad_value(scores={"adrs_leaderboard": float("inf")}), "Infinity is not a measurement"),
+    (bad_value(scores=[1.0]), "scores must be dict, got list"),
+    (bad_value(status=1), "status must be str, got int"),
+    (bad_value(status=None), "status must not be null"),
     (bad_value(split="private"), "split must be one of public, heldout"),
     (bad_value(split="heldout"), "needs an integer heldout_seed"),
-    (bad_value(split="heldout", heldout_seed="7"), "needs an integer heldout_seed"),
-    (bad_value(isolation=1), "isolation must be a string"),
-    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": NaN}', "runtime_ms is nan"),
-    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": -Infinity}', "runtime_ms is -inf"),
+    (bad_value(split="heldout", heldout_seed="7"), "heldout_seed must be int, got str"),
+    (bad_value(isolation=1), "isolation must be str, got int"),
+    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": NaN}', "NaN is not a measurement"),
+    ('{"algorithm": "a", "dataset": "d", "status": "ok", "runtime_ms": -Infinity}', "-Infinity is not a measurement"),
 ])
 def test_unusable_values_are_malformed(tmp_path, bad, reason):
     path = write_jsonl(tmp_path / "r.jsonl", [record("a"), "", bad, record("b")])
@@ -464,7 +483,7 @@ def test_headless_chromium_renders_the_page(measured_records, tmp_path):
     parsed = TableAndImages()
     parsed.feed(dom)
     assert [row[1] for row in parsed.rows] == expected_order(measured_records, "adrs_leaderboard")
-    assert len(parsed.images) == 2
+    assert len(parsed.images) == 4
     assert all(image["src"].startswith("data:image/png;base64,") and image.get("alt") for image in parsed.images)
 
     screenshot = tmp_path / "shot.png"
@@ -504,7 +523,7 @@ def test_leaderboard_command_from_run_results(tmp_path, capsys):
     assert f"| 1 | {best} |" in markdown
     assert all((tmp_path / "board" / name).stat().st_size > 0
                for name in ("leaderboard.html", "balance_vs_runtime.png", "balance_by_dataset.png"))
-    results.write_text(results.read_text() + "{not json\n")
-    assert main(["leaderboard", str(results), "--out", str(tmp_path / "again")]) == 1
+    results.write_text(results.read_text() + "{not json\n")   # a cut line is skipped and reported
+    assert main(["leaderboard", str(results), "--out", str(tmp_path / "again")]) == 0
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and f"{results}:3:" in error[0]
+    assert len(error) == 1 and f"{results}:3: malformed JSON" in error[0] and "skipped" in error[0]

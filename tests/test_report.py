@@ -12,8 +12,9 @@ def record(name, gpu, runtime_ms, status="ok", scenario="s"):
             "runtime_ms": runtime_ms, "scores": scores}
 
 
-def rows(table):
-    return [line.split()[1] for line in table.splitlines()[2:]]
+def rows(text):
+    """The balancer column of the first table (title, header, rule, rows)."""
+    return [line.split()[1] for line in text.split("\n\n")[0].splitlines()[3:]]
 
 
 def test_ranked_best_first_by_the_chosen_scorer_failures_last():
@@ -21,8 +22,12 @@ def test_ranked_best_first_by_the_chosen_scorer_failures_last():
                record("best", 0.9, 1.0), record("worst", 0.7, 1.0)]
     table = format_table(records, "adrs_leaderboard")
     assert rows(table) == ["best", "middle", "worst", "broken"]
-    assert table.splitlines()[2].startswith("1 ") and table.splitlines()[-1].startswith("- ")
-    assert "error: boom" in table.splitlines()[-1]
+    first = table.split("\n\n")[0].splitlines()
+    assert first[3].split()[0] == "1" and first[-1].split()[0] == "-"
+    assert "error: boom" in first[-1]
+    standings = table.split("\n\n")[1].splitlines()
+    assert standings[0].startswith("Standings on ") and [line.split()[1] for line in standings[3:7]] == [
+        "best", "middle", "worst", "broken"]
     # skydiscover here rewards low balance: the order flips
     assert rows(format_table(records, "skydiscover")) == ["worst", "middle", "best", "broken"]
 
@@ -30,5 +35,5 @@ def test_ranked_best_first_by_the_chosen_scorer_failures_last():
 def test_one_table_per_scenario():
     table = format_table([record("a", 0.8, 1.0, scenario="one"), record("a", 0.8, 1.0, scenario="two")],
                          "adrs_leaderboard")
-    assert table.count("ranked by adrs_leaderboard") == 2
-    assert "d one  R=16" in table and "d two  R=16" in table
+    assert "d one: R=16" in table and "d two: R=16" in table
+    assert table.count("Standings on ") == 1 and table.count("Balance standings on ") == 1

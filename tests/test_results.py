@@ -206,6 +206,7 @@ def test_threads_are_fixed_and_recorded():
 
 @pytest.fixture
 def clean_registry(monkeypatch):
+    registry.discover()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_BROKEN", dict(registry._BROKEN))
     monkeypatch.setattr(registry, "_CONFLICTS", {})
@@ -243,6 +244,7 @@ def test_import_goes_to_the_user_data_folder(tmp_path, monkeypatch, capsys):
     assert main(["datasets", "import", str(trace), "--name", "mine", "--scenario", "32,1,1,8"]) == 0
     assert (tmp_path / "data" / "mine.json").is_file() and "mine" not in shipped_names()
     assert not (datasets_dir() / "mine.json").exists()
+    assert "mine" in capsys.readouterr().out
     assert main(["run", "--datasets", "mine", "--algorithms", "deepseek", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["dataset"] == "mine"
     assert main(["datasets", "import", str(trace), "--name", SMALL]) == 1   # a shipped name is refused
@@ -278,3 +280,12 @@ def test_exit_codes_follow_one_rule(tmp_path, capsys):
     empty.write_text("")
     assert main(["leaderboard", str(empty), "--out", str(tmp_path / "b")]) == 1
     assert main(["run", "--datasets", str(tmp_path / "nothing.npz")]) == 1
+
+
+def test_progress_goes_only_to_a_terminal(capsys, monkeypatch):
+    from eplb_bench.commands.common import progress_bar
+
+    assert main(["run", "--datasets", SMALL, "--algorithms", "deepseek", "--json"]) == 0
+    assert "job/s" not in capsys.readouterr().err and "it/s" not in capsys.readouterr().err
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert progress_bar(3, "run", quiet=True).disable

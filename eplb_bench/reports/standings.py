@@ -83,7 +83,8 @@ def scenario_heading(record: Record) -> str:
     """A scenario's full heading: name, shape, device, predictor and machine."""
     return (f"{'Held-out ' if record.split == HELDOUT else ''}{scenario_title(record)}: "
             f"R={record.num_replicas} groups={record.num_groups} nodes={record.num_nodes} "
-            f"gpus={record.num_gpus} device={record.device} on {machine_of(record)}")
+            f"gpus={record.num_gpus}{f' ({record.policy})' if record.policy else ''} device={record.device} "
+            f"predictor={record.predictor} on {machine_of(record)}")
 
 
 def entry_labels(records: Iterable[Record]) -> dict[tuple, str]:

@@ -54,8 +54,9 @@ def text_table(table: Table) -> str:
 
 # ---------------------------------------------------------------- Markdown
 
-# Characters Markdown (and the HTML it may carry) would read as markup; math renderers read "$".
-MARKDOWN_SPECIAL = "\\`*_{}[]<>()#+!|$~"
+# Characters Markdown would read as markup inside a line (emphasis, code, links, table
+# cells, strike-through); math renderers read "$". "<", ">" and "&" become entities.
+MARKDOWN_SPECIAL = "\\`*[]|$~"
 
 
 def markdown_text(text: str) -> str:
