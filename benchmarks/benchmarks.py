@@ -21,7 +21,7 @@ import torch
 from eplb_bench import list_algorithms, load_dataset
 from eplb_bench.data.catalog import shipped_names
 from eplb_bench.core.registry import algorithm_info, file_algorithm_info
-from eplb_bench.evaluation.runner import BalancerFailure, Job, checked_placement, run_job
+from eplb_bench.evaluation.runner import BalancerFailure, Job, checked_placement, run_records
 
 try:  # asv >= 0.6 skips a benchmark that raises this after its setup
     from asv_runner.benchmarks.mark import SkipNotImplemented
@@ -45,21 +45,32 @@ DATASETS = chosen("EPLB_BENCH_ASV_DATASETS") or shipped_names()
 
 
 def quality_of(balancer: str, dataset_name: str) -> dict:
-    """The quality numbers of one balancer on a dataset's default scenario, or its failure."""
+    """The quality numbers of one balancer on a dataset's default scenario, or its failure.
+
+    Under the cross-workload protocol "next" is the mean over the named pairs (each
+    workload served by a placement planned on another) and in-sample the mean over the
+    workloads; under next-window, the one record's."""
     dataset = load_dataset(dataset_name)
     try:
-        record = run_job(Job(balancer_info(balancer), dataset, dataset.scenarios[0]))
+        records = run_records(Job(balancer_info(balancer), dataset, dataset.scenarios[0]))
     except Exception as exc:  # an unloadable balancer fails its own parameters only
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-    if record["status"] != "ok":
-        return {"status": record["status"], "error": record["error"]}
+    failed = [record for record in records if record.status != "ok"]
+    if failed:
+        return {"status": failed[0].status, "error": failed[0].error}
+    served = [r for r in records if r.plan_workload is None or r.plan_workload != r.serve_workload] or records
+
+    def mean(values):
+        values = list(values)
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
     return {
         "status": "ok",
-        "gpu_imbalance_next": 1 / record["balancedness_gpu"],
-        "gpu_imbalance_insample": 1 / record["balancedness_gpu_insample"],
-        "slot_imbalance_next": 1 / record["balancedness_slot"],
-        "internode_share": record["internode_share"],
-        "optimality_gap": record["optimality_gap"],
+        "gpu_imbalance_next": mean(1 / r.balancedness_gpu for r in served),
+        "gpu_imbalance_insample": mean(1 / r.balancedness_gpu_insample for r in records),
+        "slot_imbalance_next": mean(1 / r.balancedness_slot for r in served),
+        "internode_share": mean(r.internode_share for r in served),
+        "optimality_gap": mean(r.optimality_gap for r in records),
     }
 
 

@@ -13,6 +13,7 @@ from eplb_bench.commands.bounds import command_bounds
 from eplb_bench.commands.common import UsageError, warn
 from eplb_bench.commands.datasets import command_datasets, parse_scenario  # noqa: F401  (parse_scenario: API)
 from eplb_bench.commands.evaluate import command_evaluate
+from eplb_bench.commands.export import FORMATS, command_export
 from eplb_bench.commands.gate import command_gate
 from eplb_bench.commands.leaderboard import command_leaderboard
 from eplb_bench.commands.run import command_list, command_run
@@ -59,6 +60,11 @@ def add_run_control(parser: argparse.ArgumentParser) -> None:
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     """--datasets and the scenario flags, shared by run and evaluate."""
     parser.add_argument("--datasets", help="comma-separated dataset names or files (default: every shipped dataset)")
+    add_shape_arguments(parser)
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scenario flags, shared by run, evaluate and export."""
     parser.add_argument("--replicas", type=int, help="physical slots (overrides the datasets' scenarios)")
     parser.add_argument("--groups", type=int, help="expert groups (default: the dataset's)")
     parser.add_argument("--nodes", type=int, help="nodes (default 1)")
@@ -161,19 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also regenerate synthetic datasets from their manifests and compare")
     load = data_commands.add_parser("import", help="turn a load file into a manifest-backed dataset in the user "
                                                    "data folder ($EPLB_BENCH_DATA)")
-    load.add_argument("path", help="a vLLM/ADRS .json load history, an SGLang .pt dump or an .npz")
+    load.add_argument("path", nargs="+",
+                      help="a vLLM/ADRS .json load history, an SGLang .pt dump or an .npz; or SGLang "
+                           "expert-location .json files (logical_count), one static workload each")
+    load.add_argument("--pair", action="append", default=None, metavar="PLAN:SERVE",
+                      help="score a placement planned on workload PLAN on workload SERVE (names: the files' "
+                           "stems; repeatable; default: every ordered pair)")
     load.add_argument("--name", required=True, help="the new dataset's name")
     load.add_argument("--groups", type=int, help="expert groups (default: the file's, else 8 when they divide the experts, else 1)")
     load.add_argument("--window-steps", type=int, default=DEFAULT_WINDOW_STEPS, help="steps per window (default 100)")
     load.add_argument("--scenario", action="append", default=[], metavar="R,G,N,P",
                       help="a default scenario: replicas,groups,nodes,gpus (repeatable)")
     load.add_argument("--force", action="store_true", help="replace a dataset of the same name")
+    export = commands.add_parser("export", help="write one balancer's placement as an SGLang expert-location file")
+    export.add_argument("--algorithm", required=True, help="a balancer name or .py file")
+    export.add_argument("--dataset", required=True, help="a dataset name or file")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--workload", help="the workload to plan on (datasets of static workloads)")
+    which.add_argument("--window", type=int, help="the window to plan on (default: the last)")
+    add_shape_arguments(export)
+    export.add_argument("--format", choices=FORMATS, default="sglang", help="sglang: --init-expert-location's JSON")
+    export.add_argument("--out", required=True,
+                        help="the placement file (physical_to_logical_map); its loads go beside it, in "
+                             "FILE.logical_count.json")
+    add_thread_argument(export)
     return parser
 
 
 HANDLERS = {"list": command_list, "run": command_run, "datasets": command_datasets,
             "bench-speed": command_bench_speed, "bounds": command_bounds, "gate": command_gate,
-            "evaluate": command_evaluate, "leaderboard": command_leaderboard}
+            "evaluate": command_evaluate, "leaderboard": command_leaderboard, "export": command_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from eplb_bench.commands.common import UsageError
 from eplb_bench.core.contract import Scenario
+from eplb_bench.core.record import CROSS_WORKLOAD
 from eplb_bench.data.catalog import (
     find_dataset,
     import_dataset,
@@ -68,14 +69,26 @@ def datasets_list(args) -> int:
 def datasets_show(args) -> int:
     m = _manifest(args.name)
     stats = m.get("statistics", {})
+    static = m.get("protocol") == CROSS_WORKLOAD
+    extent = (f"{m.get('num_windows')} static workloads (cross-workload protocol)" if static
+              else f"{m.get('num_windows')} windows of {m.get('window_steps')} steps")
     print(f"{m.get('name', args.name)}: {m.get('model', '')} {m.get('num_layers')} layers x {m.get('num_logical')} "
-          f"experts, top-{m.get('top_k', '?')}, {m.get('num_groups', 1)} groups, {m.get('num_windows')} windows "
-          f"of {m.get('window_steps')} steps")
+          f"experts, top-{m.get('top_k', '?')}, {m.get('num_groups', 1)} groups, {extent}")
     print(f"file: {m['file']}  sha256: {m.get('sha256', '-')}")
     print(f"provenance: {m.get('provenance', '-')}")
     for phase in m.get("phases", []):
         first, last = phase["windows"]
         print(f"windows {first}-{last}: domain {phase.get('domain', '?')}, {phase.get('stage', '?')}")
+    for workload in m.get("workloads", []):
+        print(f"workload {workload.get('name')}: {workload.get('description', workload.get('source_file', ''))}")
+    correlations = stats.get("rank_correlation_pairs") or {}
+    for plan, serve in m.get("pairs", []):
+        value = correlations.get(f"{plan} -> {serve}")
+        print(f"pair: plan {plan} -> serve {serve}" + (f" (rank correlation {value:.2f})" if value is not None else ""))
+    dropped = (m.get("source_layers") or {}).get("dropped")
+    if dropped:
+        print(f"layers dropped from the source's {m['source_layers'].get('count')}: {dropped} "
+              f"({m['source_layers'].get('why', '')})")
     print("statistics (median [min, max] over layers and windows):")
     rows = [
         ("expert max/mean", _range(stats.get("expert_max_over_mean"))),
@@ -110,13 +123,24 @@ def datasets_verify(args) -> int:
     return 1 if failures else 0
 
 
+def parse_pair(text: str) -> tuple[str, str]:
+    plan, colon, serve = text.partition(":")
+    if not colon or not plan or not serve:
+        raise UsageError(f"--pair expects PLAN:SERVE (two workload names), got {text!r}")
+    return plan, serve
+
+
 def datasets_import(args) -> int:
     scenarios = [parse_scenario(text) for text in args.scenario]
+    pairs = None if args.pair is None else [parse_pair(text) for text in args.pair]
     manifest = import_dataset(args.path, args.name, num_groups=args.groups, scenarios=scenarios,
-                              window_steps=args.window_steps, force=args.force)
-    print(f"imported {manifest['name']}: {manifest['num_windows']} windows of {manifest['num_layers']} x "
-          f"{manifest['num_logical']} into {user_datasets_dir() / manifest['file']} (a run uses it when named with "
-          "--datasets, or with --imported)")
+                              window_steps=args.window_steps, force=args.force, pairs=pairs)
+    what = (f"{len(manifest['workloads'])} static workload(s), {len(manifest['pairs'])} pair(s) and each in-sample"
+            if "workloads" in manifest else f"{manifest['num_windows']} windows")
+    dropped = (manifest.get("source_layers") or {}).get("dropped")
+    print(f"imported {manifest['name']}: {what} of {manifest['num_layers']} x {manifest['num_logical']}"
+          f"{f' (layers without load dropped: {dropped})' if dropped else ''} into "
+          f"{user_datasets_dir() / manifest['file']} (a run uses it when named with --datasets, or with --imported)")
     return 0
 
 

@@ -17,6 +17,7 @@ from eplb_bench.commands.common import (
 )
 from eplb_bench.data.suite import SUITE
 from eplb_bench.evaluation.evaluate import (
+    program_info,
     evaluate_heldout,
     evaluate_program,
     format_summary,
@@ -24,6 +25,7 @@ from eplb_bench.evaluation.evaluate import (
     summary,
 )
 from eplb_bench.evaluation.isolation import namespaces_unavailable
+from eplb_bench.evaluation.runner import Job, job_records
 from eplb_bench.reports.text import format_table
 
 
@@ -65,7 +67,8 @@ def command_evaluate(args) -> int:
         datasets = resolve_datasets(args.datasets)
         targets = [(dataset, scenario) for dataset in datasets for scenario in scenarios_for(dataset, override)]
         records = []
-        with progress_bar(len(targets), "evaluate", args.quiet) as bar:
+        expected = sum(len(job_records(Job(program_info(args.program), *target))) for target in targets)
+        with progress_bar(expected, "evaluate", args.quiet) as bar:
             for record in evaluate_program(args.program, targets, **limits):
                 records.append(record)
                 if args.json:

@@ -18,7 +18,9 @@ from eplb_bench.commands.common import (
 from eplb_bench.core.registry import algorithm_info, broken_algorithms, list_algorithms
 from eplb_bench.core.results import ResultsWriter, read_results
 from eplb_bench.data.predictors import parse_predictor
-from eplb_bench.evaluation.runner import Job, base_record, run_job
+from eplb_bench.core.record import CROSS_WORKLOAD
+from eplb_bench.data.predictors import Predictor
+from eplb_bench.evaluation.runner import Job, job_records, run_records
 from eplb_bench.reports.text import format_table
 
 
@@ -48,7 +50,8 @@ def resumed(path: str, jobs: list[Job], repeat: int) -> tuple[list, list[Job]]:
     for line in read.skipped:
         warn(f"{line} (skipped)")
     done = {record.identity() for record in read.records}
-    return read.records, [job for job in jobs if base_record(job, repeat).identity() not in done]
+    return read.records, [job for job in jobs
+                          if not all(record.identity() in done for record in job_records(job, repeat))]
 
 
 def command_run(args) -> int:
@@ -66,8 +69,13 @@ def command_run(args) -> int:
     algorithms = resolve_algorithms(args.algorithms)
     datasets = resolve_datasets(args.datasets, args.window_steps, args.imported)
     override = scenario_override(args)
+    static = [dataset.name for dataset in datasets if dataset.protocol == CROSS_WORKLOAD]
+    if static and predictor != Predictor():
+        warn(f"--predictor {args.predictor} does not apply to {', '.join(static)} (static workloads, "
+             f"{CROSS_WORKLOAD} protocol): they plan on the workload itself")
     jobs = [
-        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
+        Job(info, dataset, scenario, device, predictor if dataset.protocol != CROSS_WORKLOAD else Predictor(),
+            migration=not args.no_migration)
         for dataset in datasets
         for scenario in scenarios_for(dataset, override)
         for info in algorithms
@@ -81,12 +89,12 @@ def command_run(args) -> int:
         with progress_bar(len(jobs), "run", args.quiet) as bar:
             for job in jobs:
                 bar.set_postfix_str(job_label(job), refresh=True)
-                record = run_job(job, repeat=args.repeat)
-                records.append(record)
-                if out:
-                    out.append(record)
-                if args.json:
-                    bar.write(record.to_json(), file=sys.stdout)
+                for record in run_records(job, repeat=args.repeat):
+                    records.append(record)
+                    if out:
+                        out.append(record)
+                    if args.json:
+                        bar.write(record.to_json(), file=sys.stdout)
                 bar.update()
     finally:
         if out:

@@ -152,6 +152,32 @@ def as_placement(output) -> Placement:
     return Placement(*(part.detach().clone() if isinstance(part, torch.Tensor) else part for part in output))
 
 
+def placement_of(phy2log: torch.Tensor, num_logical: int) -> Placement:
+    """The whole triple of a slot map alone, as SGLang's physical_to_logical_map gives it.
+
+    Args:
+        phy2log: [num_layers, num_replicas] int64, each slot's logical expert.
+    Returns:
+        the Placement: logcnt [num_layers, num_logical] counted from phy2log, log2phy
+        [num_layers, num_logical, max count] listing each expert's slots in slot order,
+        -1 padded. PlacementError for an id outside 0..num_logical-1.
+    """
+    phy2log = _check_tensor("phy2log", phy2log, 2)
+    layers, replicas = phy2log.shape
+    if ((phy2log < 0) | (phy2log >= num_logical)).any():
+        raise PlacementError(f"phy2log holds an expert id outside 0..{num_logical - 1}")
+    logcnt = torch.zeros(layers, num_logical, dtype=torch.int64).scatter_add_(1, phy2log, torch.ones_like(phy2log))
+    slots = torch.arange(replicas).expand(layers, replicas)
+    # Slots sorted by (expert, slot); each one's rank among its expert's slots is its
+    # position less the position of the expert's first slot.
+    order = torch.argsort(phy2log * replicas + slots, dim=1)
+    experts = phy2log.gather(1, order)
+    first = (logcnt.cumsum(1) - logcnt).gather(1, experts)
+    log2phy = torch.full((layers, num_logical, max(1, int(logcnt.max()))), -1, dtype=torch.int64)
+    log2phy[torch.arange(layers)[:, None], experts, slots - first] = order
+    return Placement(phy2log.clone(), log2phy, logcnt)
+
+
 def validate_placement(
     phy2log: torch.Tensor,
     log2phy: torch.Tensor,

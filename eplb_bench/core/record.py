@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 
 SPLITS = ("public", "heldout")
 STATUSES = ("ok", "error", "invalid", "timeout", "crash", "memory")
+# How a dataset is scored: plan on window i, score on window i + 1; or, for a collection
+# of static workloads with no time order, plan on one workload, score on another.
+NEXT_WINDOW, CROSS_WORKLOAD = "next-window", "cross-workload"
+PROTOCOLS = (NEXT_WINDOW, CROSS_WORKLOAD)
 # A line `evaluate --json` ends with; not a record.
 SUMMARY_KEY = "summary"
 # Measurements that must be non-negative wherever a record holds one.
@@ -52,6 +56,11 @@ class Record:
     num_nodes: int | None = None
     num_gpus: int | None = None
     policy: str | None = None
+    # The protocol (PROTOCOLS); under cross-workload, the workload planned on and the one
+    # scored (the same one for in-sample). Each pair is a scenario of its own.
+    protocol: str | None = None
+    plan_workload: str | None = None
+    serve_workload: str | None = None
     # How: device, what the balancer planned on, window length, timed calls, migration.
     device: str = "cpu"
     predictor: str = "last"
@@ -93,9 +102,9 @@ class Record:
 
     def scenario_key(self) -> tuple:
         """The scenario measured: dataset (name and hash), scenario name and shape,
-        device, split and held-out seed. Records of one scenario are ranked together."""
+        workload pair, device, split and held-out seed. Records of one scenario are ranked together."""
         return (self.dataset, self.data_sha256, self.scenario, self.num_replicas, self.num_groups, self.num_nodes,
-                self.num_gpus, self.device, self.split, self.heldout_seed)
+                self.num_gpus, self.plan_workload, self.serve_workload, self.device, self.split, self.heldout_seed)
 
     def balancer_key(self) -> tuple:
         """The balancer measured and the settings that change what it is asked: name,
@@ -218,6 +227,10 @@ def check_record(record: Record) -> None:
         raise RecordError(f"status must be one of {', '.join(STATUSES)}, got {record.status!r}")
     if record.split not in SPLITS:
         raise RecordError(f"split must be one of {', '.join(SPLITS)}, got {record.split!r}")
+    if record.protocol is not None and record.protocol not in PROTOCOLS:
+        raise RecordError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {record.protocol!r}")
+    if (record.protocol == CROSS_WORKLOAD) != (record.plan_workload is not None and record.serve_workload is not None):
+        raise RecordError("plan_workload and serve_workload are given for the cross-workload protocol, and only there")
     if record.split == "heldout" and record.heldout_seed is None:
         raise RecordError("a held-out record needs an integer heldout_seed")
     for name, hint in FIELD_TYPES.items():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from eplb_bench.core.contract import Scenario, ScenarioError
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, Dataset, DatasetError, _as_tensor, _default_scenarios, default_groups
-from eplb_bench.data.formats import check_windows, read_loads
+from eplb_bench.core.record import CROSS_WORKLOAD
+from eplb_bench.data.formats import SGLANG_LOCATION, check_windows, json_format, read_loads, read_workloads
 from eplb_bench.data.manifests import load_manifest, sha256_of, write_dataset_files
 
 
@@ -85,7 +86,7 @@ def load_dataset(name_or_path: str | Path, window_steps: int = DEFAULT_WINDOW_ST
         return load_manifest(path)
     windows, meta = read_loads(path, window_steps)
     steps_per_window = meta.get("window_steps")
-    windows = check_windows(windows, str(path))
+    windows = check_windows(windows, str(path), min_windows=1 if meta.get("protocol") == CROSS_WORKLOAD else 2)
     num_groups = meta.get("num_groups") or default_groups(windows.shape[2])
     if windows.shape[2] % num_groups:
         raise DatasetError(f"{path}: {windows.shape[2]} experts do not divide into {num_groups} groups")
@@ -115,7 +116,7 @@ DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def import_dataset(
-    path: str | Path,
+    paths: str | Path | list,
     name: str,
     *,
     num_groups: int | None = None,
@@ -123,15 +124,21 @@ def import_dataset(
     window_steps: int = DEFAULT_WINDOW_STEPS,
     directory: Path | None = None,
     force: bool = False,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> dict:
-    """Read a load file and write it as a manifest-backed dataset `name`.
+    """Read load files and write them as a manifest-backed dataset `name`.
 
-    Without `num_groups`, the file's own are used, else default_groups(). Without
-    `scenarios`, the public evaluators' scenario is used when it fits. Any error
-    raises DatasetError (ScenarioError for a scenario that does not fit) before
-    anything is written. Returns the manifest.
+    One load history (vLLM/ADRS JSON, SGLang dump, .npz) becomes a next-window
+    dataset. SGLang expert-location files, one aggregate logical_count each, become a
+    cross-workload collection (one workload per file, named by its stem) scored on
+    `pairs` of (plan, serve) workload names, every ordered pair when None, and each
+    workload in-sample. Without `num_groups`, the file's own are used, else
+    default_groups(). Without `scenarios`, the public evaluators' scenario is used
+    when it fits. Any error raises DatasetError (ScenarioError for a scenario that
+    does not fit) before anything is written. Returns the manifest.
     """
     directory = Path(directory) if directory is not None else user_datasets_dir()
+    sources = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(path) for path in paths]
     if name in shipped_names() and directory != datasets_dir():
         raise DatasetError(f"{name!r} is the name of a shipped dataset; choose another")
     if not DATASET_NAME.match(name):
@@ -140,16 +147,25 @@ def import_dataset(
         raise DatasetError(f"dataset {name!r} already exists in {directory} (use --force to replace it)")
     if window_steps < 1:
         raise DatasetError(f"window steps must be at least 1, got {window_steps}")
-    source = Path(path)
-    if not source.is_file():
-        raise DatasetError(f"no such file: {source}")
-    windows, meta = read_loads(source, window_steps)
-    windows = check_windows(windows, str(source))
+    if not sources:
+        raise DatasetError("no file to import")
+    for source in sources:
+        if not source.is_file():
+            raise DatasetError(f"no such file: {source}")
+    if len(sources) > 1 or _holds_one_workload(sources[0]):
+        windows, meta = read_workloads(sources)
+        meta["pairs"] = workload_pairs([w["name"] for w in meta["workloads"]], pairs)
+        windows = check_windows(windows, ", ".join(map(str, sources)), min_windows=1)
+    else:
+        if pairs:
+            raise DatasetError("pairs belong to collections of static workloads (SGLang logical_count files)")
+        windows, meta = read_loads(sources[0], window_steps)
+        windows = check_windows(windows, str(sources[0]))
     num_logical = windows.shape[2]
     if num_groups is None:
         num_groups = meta.get("num_groups") or default_groups(num_logical)
     if num_groups < 1 or num_logical % num_groups:
-        raise DatasetError(f"{source}: {num_logical} experts do not divide into {num_groups} groups")
+        raise DatasetError(f"{sources[0]}: {num_logical} experts do not divide into {num_groups} groups")
     if scenarios is None or not scenarios:
         scenarios = _default_scenarios(num_logical, num_groups)
     for scenario in scenarios:
@@ -159,6 +175,9 @@ def import_dataset(
             raise ScenarioError(f"scenario {scenario.label()}: {exc}") from None
     from eplb_bench.data.loadstats import dataset_statistics
 
+    described = {key: meta[key] for key in ("protocol", "workloads", "pairs", "source_layers") if key in meta}
+    for workload, source in zip(described.get("workloads", []), sources):
+        workload["source_sha256"] = sha256_of(source)
     manifest = {
         "num_layers": windows.shape[1],
         "num_logical": num_logical,
@@ -166,10 +185,35 @@ def import_dataset(
         "num_windows": windows.shape[0],
         "window_steps": meta.get("window_steps"),
         "scenarios": [{"name": s.name, **s.as_dict()} for s in scenarios],
-        "provenance": f"imported from {source.name} ({meta.get('format', source.suffix)}) "
+        **described,
+        "provenance": f"imported from {', '.join(s.name for s in sources)} ({meta.get('format', sources[0].suffix)}) "
         f"with eplb-bench datasets import",
-        "source_sha256": sha256_of(source),
+        "source_sha256": sha256_of(sources[0]),
         "statistics": dataset_statistics(windows, scenarios[0].num_gpus if scenarios else None),
     }
     directory.mkdir(parents=True, exist_ok=True)
     return write_dataset_files(directory, name, windows, manifest)
+
+
+def _holds_one_workload(path: Path) -> bool:
+    """Whether a file is an SGLang expert location with one aggregate logical_count."""
+    if path.suffix != ".json" or json_format(path) != SGLANG_LOCATION:
+        return False
+    from eplb_bench.data.formats import sglang_logical_count
+
+    return sglang_logical_count(path).ndim == 2
+
+
+def workload_pairs(names: list[str], pairs: list[tuple[str, str]] | None) -> list[list[str]]:
+    """The (plan, serve) pairs of a collection: `pairs` checked against `names`, or
+    every ordered pair of distinct workloads when None."""
+    if pairs is None:
+        return [[plan, serve] for plan in names for serve in names if plan != serve]
+    for plan, serve in pairs:
+        for workload in (plan, serve):
+            if workload not in names:
+                raise DatasetError(f"pair {plan}:{serve} names unknown workload {workload!r} "
+                                   f"(workloads: {', '.join(names)})")
+        if plan == serve:
+            raise DatasetError(f"pair {plan}:{serve} plans and serves one workload (in-sample is always scored)")
+    return [[plan, serve] for plan, serve in pairs]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from eplb_bench.core.contract import Scenario, ScenarioError
+from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW
 
 
 DEFAULT_WINDOW_STEPS = 100
@@ -61,12 +62,39 @@ class Dataset:
         return digest.hexdigest()
 
     @property
+    def protocol(self) -> str:
+        """NEXT_WINDOW for load histories; CROSS_WORKLOAD for collections of static
+        workloads (the manifest's "protocol")."""
+        return self.meta.get("protocol") or NEXT_WINDOW
+
+    @property
+    def workload_names(self) -> list[str]:
+        """The name of each window: its workload's under CROSS_WORKLOAD, else "window I"."""
+        if self.protocol == CROSS_WORKLOAD:
+            return [str(entry["name"]) for entry in self.meta["workloads"]]
+        return [f"window {index}" for index in range(self.num_windows)]
+
+    def scored_pairs(self) -> list[tuple[int, int]]:
+        """(window planned on, window scored) pairs, the one rule of both protocols.
+
+        NEXT_WINDOW: (i, i + 1) for every window but the last. CROSS_WORKLOAD: each
+        workload in-sample (i, i), then the pairs the manifest names, in its order.
+        """
+        if self.protocol != CROSS_WORKLOAD:
+            return [(index, index + 1) for index in range(self.num_windows - 1)]
+        index = {name: position for position, name in enumerate(self.workload_names)}
+        named = [(index[plan], index[serve]) for plan, serve in self.meta.get("pairs", [])]
+        return [(position, position) for position in range(self.num_windows)] + named
+
+    @property
     def routing(self) -> "Routing":
-        """How tokens choose experts, from the manifest (top-k 8, no group limit if unknown)."""
+        """How tokens choose experts: the manifest's "routing", else its generator's
+        (top-k 8, no group limit if unknown)."""
         generator = self.meta.get("generator") if isinstance(self.meta.get("generator"), dict) else {}
-        top_k = self.meta.get("top_k") or generator.get("top_k") or DEFAULT_TOP_K
-        groups = generator.get("routing_groups") or 1
-        chosen = generator.get("topk_groups") or 0
+        routing = self.meta.get("routing") if isinstance(self.meta.get("routing"), dict) else {}
+        top_k = routing.get("top_k") or self.meta.get("top_k") or generator.get("top_k") or DEFAULT_TOP_K
+        groups = routing.get("num_groups") or generator.get("routing_groups") or 1
+        chosen = routing.get("topk_groups") or generator.get("topk_groups") or 0
         if chosen <= 0 or groups <= 1 or self.num_logical % groups:
             groups, chosen = 1, 1
         return Routing(int(top_k), int(groups), int(chosen))

@@ -15,14 +15,16 @@ import torch
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, DatasetError
 
 
-def check_windows(windows: np.ndarray, where: str) -> np.ndarray:
-    """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads."""
+def check_windows(windows: np.ndarray, where: str, min_windows: int = 2) -> np.ndarray:
+    """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads with at
+    least `min_windows` windows (2 for a load history: plan on one, score on the next;
+    1 for static workloads)."""
     if windows.ndim != 3:
         raise DatasetError(f"{where}: loads have shape {windows.shape}, expected [windows, layers, experts]")
     if min(windows.shape) < 1:
         raise DatasetError(f"{where}: loads have an empty dimension, shape {windows.shape}")
     check_values(windows, f"{where}: loads")
-    if windows.shape[0] < 2:
+    if windows.shape[0] < min_windows:
         raise DatasetError(
             f"{where}: only {windows.shape[0]} window; at least 2 are needed (plan on one, score on the next)"
         )
@@ -283,15 +285,205 @@ def _positive_scalar(value, key: str, where) -> int:
     return int(array)
 
 
-def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
-    """Windows [W, L, E] and metadata of a load file, by its extension.
+# ---------------------------------------------------------------- SGLang expert locations
 
-    .json: vLLM/ADRS load history; .pt/.pth: SGLang expert-distribution dump; .npz.
+# The keys of the files SGLang's --init-expert-location reads (JSON or torch.save):
+# a placement `physical_to_logical_map` [layers, physical slots], or loads
+# `logical_count` [layers, experts] (or [steps, layers, experts]) for SGLang to balance.
+PLACEMENT_KEY, COUNT_KEY = "physical_to_logical_map", "logical_count"
+SGLANG_LOCATION = "sglang-location"
+# Location files hold one aggregate per layer: megabytes, not the gigabytes of a history.
+MAX_LOCATION_BYTES = 1 << 28
+
+
+def json_format(path: Path) -> str:
+    """SGLANG_LOCATION when a .json load file's first top-level key of either format is
+    logical_count or physical_to_logical_map, else "vllm-json" (whose reader reports
+    what is wrong with a file of neither). Read as a stream: a long history costs nothing."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError:
+        return "vllm-json"
+    with handle:
+        stream = _JsonStream(handle, path)
+        try:
+            stream.take("{", "the document")
+            while stream.peek() not in ("}", ""):
+                key = stream.value("a key")
+                if key == "load_history":
+                    return "vllm-json"
+                if key in (PLACEMENT_KEY, COUNT_KEY):
+                    return SGLANG_LOCATION
+                stream.take(":", f"after key {key!r}")
+                stream.value(f"the value of {key!r}")
+                if stream.take(",}", "in the document") == "}":
+                    break
+        except DatasetError:
+            pass  # malformed: the vLLM reader says how
+    return "vllm-json"
+
+
+def read_sglang_location(path: Path) -> dict:
+    """The document of an SGLang expert-location file (.json, or .pt loaded with
+    weights_only=True: no code runs): a dict with `logical_count` and/or
+    `physical_to_logical_map`. DatasetError when unreadable or neither is there."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open ({exc.strerror})") from None
+    if size > MAX_LOCATION_BYTES:
+        raise DatasetError(f"{path}: {size} bytes is too large for an expert-location file")
+    if path.suffix in (".pt", ".pth"):
+        try:
+            document = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise DatasetError(f"{path}: not a readable torch file ({type(exc).__name__})") from None
+    else:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, RecursionError):
+            raise DatasetError(f"{path}: not valid JSON") from None
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(document, dict) or not ({PLACEMENT_KEY, COUNT_KEY} & set(document)):
+        raise DatasetError(f'{path}: expected an object with "{COUNT_KEY}" or "{PLACEMENT_KEY}" (SGLang expert location)')
+    return document
+
+
+def _numbers(value, path: Path, key: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """A document's array `key` as float64 with one of `ndims` dimensions, every value finite."""
+    try:
+        array = value.detach().double().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise DatasetError(f"{path}: {key} is not a rectangular array of numbers") from None
+    if array.ndim not in ndims or array.size == 0:
+        raise DatasetError(f"{path}: {key} has shape {array.shape}, expected {' or '.join(f'{n}-D' for n in ndims)}")
+    if not np.isfinite(array).all():
+        raise DatasetError(f"{path}: {key} contains NaN or infinite values")
+    return array
+
+
+def sglang_logical_count(path: Path) -> np.ndarray:
+    """logical_count of an SGLang expert-location file: [L, E] (one aggregate) or
+    [S, L, E] (steps), float64, finite and non-negative."""
+    document = read_sglang_location(path)
+    if COUNT_KEY not in document:
+        raise DatasetError(f"{path}: holds a placement ({PLACEMENT_KEY}) but no {COUNT_KEY}: no loads to read")
+    counts = _numbers(document[COUNT_KEY], path, COUNT_KEY, (2, 3))
+    check_values(counts, f"{path}: {COUNT_KEY}")
+    return counts
+
+
+def sglang_placement(path: Path) -> np.ndarray:
+    """physical_to_logical_map of an SGLang expert-location file: [L, R] int64, each
+    slot's logical expert (validate it with core.contract before use)."""
+    document = read_sglang_location(path)
+    if PLACEMENT_KEY not in document:
+        raise DatasetError(f"{path}: holds no {PLACEMENT_KEY} (a placement)")
+    mapping = _numbers(document[PLACEMENT_KEY], path, PLACEMENT_KEY, (2,))
+    if (mapping != np.round(mapping)).any() or (mapping < 0).any() or mapping.max() >= 2**31:
+        raise DatasetError(f"{path}: {PLACEMENT_KEY} must hold non-negative integer expert ids")
+    return mapping.astype(np.int64)
+
+
+def empty_layers(windows: np.ndarray) -> list[int]:
+    """windows: [W, L, E] -> the layers with no load in any window (dense layers that a
+    location file lists with zero counts), in order."""
+    return [int(layer) for layer in np.flatnonzero(windows.reshape(-1, *windows.shape[1:]).sum((0, 2)) == 0)]
+
+
+def load_sglang_location(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
+    """An SGLang expert-location file's loads -> windows and metadata.
+
+    A 2-D logical_count [L, E] is one static workload (see read_workloads); a 3-D one
+    [S, L, E] is steps summed into windows, its layers without load dropped.
+    """
+    counts = sglang_logical_count(path)
+    if counts.ndim == 2:
+        return read_workloads([path])
+    windows = steps_to_windows(counts, window_steps, str(path))
+    windows, layers = without_empty_layers(windows, str(path))
+    return windows, {"format": SGLANG_LOCATION, "window_steps": window_steps, "source_layers": layers}
+
+
+def without_empty_layers(windows: np.ndarray, where: str) -> tuple[np.ndarray, dict]:
+    """windows: [W, L, E] -> [W, L', E] without the layers that carry no load in any
+    window (dense layers a location file lists with zero counts), and "source_layers"."""
+    dropped = empty_layers(windows)
+    if len(dropped) == windows.shape[1]:
+        raise DatasetError(f"{where}: every layer's load is zero")
+    kept = np.setdiff1d(np.arange(windows.shape[1]), dropped)
+    return windows[:, kept], source_layers(windows.shape[1], dropped)
+
+
+def read_workloads(paths: list[Path]) -> tuple[np.ndarray, dict]:
+    """SGLang expert-location files, one aggregate logical_count [L, E] each, as a
+    collection of static workloads: windows [N, L', E] (file order) and metadata with
+    protocol cross-workload, one workload per file named by its stem, and the layers
+    without load in every file dropped ("source_layers")."""
+    counts = []
+    for path in paths:
+        count = sglang_logical_count(Path(path))
+        if count.ndim != 2:
+            raise DatasetError(f"{path}: {COUNT_KEY} has per-step counts {count.shape}; a workload is one "
+                               "[layers, experts] aggregate (import a step history on its own)")
+        if counts and count.shape != counts[0].shape:
+            raise DatasetError(f"{path}: {COUNT_KEY} has shape {count.shape}, {paths[0]} has {counts[0].shape}")
+        counts.append(count)
+    names = [Path(path).stem for path in paths]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"workload names (file names without extension) repeat: {', '.join(names)}")
+    windows, layers = without_empty_layers(_counts_as_integers(np.stack(counts)), ", ".join(map(str, paths)))
+    meta = {"format": SGLANG_LOCATION, "protocol": "cross-workload", "window_steps": None,
+            "workloads": [{"name": name, "source_file": Path(path).name} for name, path in zip(names, paths)],
+            "source_layers": layers}
+    return windows, meta
+
+
+def source_layers(count: int, dropped: list[int]) -> dict:
+    """The manifest's "source_layers": how many layers the source had and which were
+    dropped for carrying no load (export puts them back)."""
+    return {"count": count, "dropped": dropped,
+            "why": "no load in any window: dense (non-MoE) layers, which a balancer has nothing to place on"}
+
+
+def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
+    """Windows [W, L, E] and metadata of a load file, by its extension and contents.
+
+    .json: vLLM/ADRS load history, or SGLang expert location (logical_count);
+    .pt/.pth: SGLang expert-distribution dump or expert location; .npz.
     """
     if path.suffix == ".npz":
         return load_npz(path, window_steps)
     if path.suffix == ".json":
+        if json_format(path) == SGLANG_LOCATION:
+            return load_sglang_location(path, window_steps)
         return load_vllm_json(path, window_steps), {"window_steps": window_steps, "format": "vllm-json"}
     if path.suffix in (".pt", ".pth"):
         return load_sglang_dump(path, window_steps), {"window_steps": window_steps, "format": "sglang-dump"}
     raise DatasetError(f"{path}: unknown dataset format {path.suffix!r} (expected .json, .npz, .pt or .pth)")
+
+
+def sglang_location_documents(phy2log: np.ndarray, counts: np.ndarray, layers: dict | None,
+                              num_logical: int) -> tuple[dict, dict]:
+    """A placement and its loads as SGLang expert-location documents, the model's
+    dropped layers (`layers`, a manifest's "source_layers") put back.
+
+    Args:
+        phy2log: [L', R] int, each slot's logical expert, of the layers kept.
+        counts: [L', E] the loads planned on.
+    Returns:
+        ({"physical_to_logical_map": [L][R]}, {"logical_count": [L][E]}): a dropped
+        layer gets SGLang's trivial map (slot i holds expert i mod E) and zero counts.
+    """
+    kept_count = phy2log.shape[0]
+    total = layers["count"] if layers else kept_count
+    dropped = list(layers["dropped"]) if layers else []
+    if total - len(dropped) != kept_count:
+        raise DatasetError(f"the placement has {kept_count} layers, the source {total} less {len(dropped)} dropped")
+    kept = np.setdiff1d(np.arange(total), dropped)
+    mapping = np.tile(np.arange(phy2log.shape[1]) % num_logical, (total, 1))
+    mapping[kept] = phy2log
+    full_counts = np.zeros((total, counts.shape[1]), dtype=counts.dtype)
+    full_counts[kept] = counts
+    return {PLACEMENT_KEY: mapping.astype(np.int64).tolist()}, {COUNT_KEY: full_counts.tolist()}

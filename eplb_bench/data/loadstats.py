@@ -62,6 +62,19 @@ def consecutive_rank_correlations(windows: np.ndarray) -> list[float]:
     return [rank_correlation(windows[i], windows[i + 1]) for i in range(len(windows) - 1)]
 
 
+# The per-layer figures a synthetic dataset is calibrated on, against real loads.
+LAYER_FIGURES = {"expert_max_over_mean": max_over_mean, "gini": gini, "top10_share": top_share}
+PERCENTILES = {"p10": 10, "median": 50, "p90": 90}
+
+
+def layer_figure_percentiles(loads: np.ndarray) -> dict:
+    """loads: [..., L, E] -> {figure: {"p10", "median", "p90"}}: each LAYER_FIGURES
+    figure per layer, pooled over every leading index (windows, workloads), and its
+    10th, 50th and 90th percentiles."""
+    return {name: {label: round(float(np.percentile(figure(loads), q)), 4) for label, q in PERCENTILES.items()}
+            for name, figure in LAYER_FIGURES.items()}
+
+
 def summary(values: np.ndarray) -> dict:
     """min / median / mean / max of an array, rounded for a manifest."""
     values = np.asarray(values, dtype=float)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from eplb_bench.core.contract import Scenario, ScenarioError
+from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW, PROTOCOLS
 from eplb_bench.data.dataset import Dataset, DatasetError, _as_tensor
 from eplb_bench.data.formats import _positive_scalar, check_windows, load_npz
 
@@ -40,7 +41,8 @@ def _scenarios_from(entries, where: str, num_logical: int) -> list[Scenario]:
 
 
 MANIFEST_TYPES = {"file": str, "sha256": str, "name": str, "scenarios": list, "phases": list,
-                  "statistics": dict, "generator": dict, "model": str, "provenance": str, "bounds": dict}
+                  "statistics": dict, "generator": dict, "model": str, "provenance": str, "bounds": dict,
+                  "protocol": str, "workloads": list, "pairs": list, "routing": dict, "source_layers": dict}
 
 
 def read_manifest(path: Path) -> dict:
@@ -60,7 +62,39 @@ def read_manifest(path: Path) -> dict:
     for phase in manifest.get("phases", []):
         if not (isinstance(phase, dict) and isinstance(phase.get("windows"), list) and len(phase["windows"]) == 2):
             raise DatasetError(f"{path}: malformed manifest (a phase needs windows [first, last])")
+    for key, value in (manifest.get("routing") or {}).items():
+        if key not in ("top_k", "num_groups", "topk_groups"):
+            raise DatasetError(f"{path}: malformed manifest (unknown routing key {key!r})")
+        _positive_scalar(value, f"routing.{key}", path)
+    check_protocol(manifest, path)
     return manifest
+
+
+def check_protocol(manifest: dict, path) -> None:
+    """DatasetError unless the manifest's protocol is known and, for CROSS_WORKLOAD,
+    every workload has a distinct name and every pair names two of them."""
+    protocol = manifest.get("protocol", NEXT_WINDOW)
+    if protocol not in PROTOCOLS:
+        raise DatasetError(f"{path}: unknown protocol {protocol!r} (expected {' or '.join(PROTOCOLS)})")
+    if protocol != CROSS_WORKLOAD:
+        if "workloads" in manifest or "pairs" in manifest:
+            raise DatasetError(f"{path}: workloads and pairs belong to the {CROSS_WORKLOAD} protocol")
+        return
+    workloads = manifest.get("workloads")
+    if not workloads or not all(isinstance(w, dict) and isinstance(w.get("name"), str) and w["name"]
+                                for w in workloads):
+        raise DatasetError(f"{path}: a {CROSS_WORKLOAD} manifest needs workloads, each with a name")
+    names = [w["name"] for w in workloads]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{path}: workload names repeat")
+    for pair in manifest.get("pairs", []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+            raise DatasetError(f"{path}: malformed pair {pair!r} (expected [plan workload, serve workload])")
+        unknown = [n for n in pair if n not in names]
+        if unknown:
+            raise DatasetError(f"{path}: pair {pair!r} names unknown workload {unknown[0]!r}")
+        if pair[0] == pair[1]:
+            raise DatasetError(f"{path}: pair {pair!r} plans and serves one workload (in-sample is always scored)")
 
 
 def load_manifest(path: Path) -> Dataset:
@@ -76,7 +110,10 @@ def load_manifest(path: Path) -> Dataset:
     if "sha256" in manifest and sha256_of(data_path) != manifest["sha256"]:
         raise DatasetError(f"{path}: {data_path.name} does not match the manifest's sha256 (see eplb-bench datasets verify)")
     windows, _ = load_npz(data_path)
-    windows = check_windows(windows, str(data_path))
+    static = manifest.get("protocol") == CROSS_WORKLOAD
+    windows = check_windows(windows, str(data_path), min_windows=1 if static else 2)
+    if static and windows.shape[0] != len(manifest["workloads"]):
+        raise DatasetError(f"{path}: {windows.shape[0]} windows for {len(manifest['workloads'])} workloads")
     if windows.shape[2] % num_groups:
         raise DatasetError(f"{path}: {windows.shape[2]} experts do not divide into {num_groups} groups")
     return Dataset(

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from eplb_bench.reports.standings import balancer_summary
 from eplb_bench.core.record import Record
 from eplb_bench.core.registry import AlgorithmInfo, file_sha256, program_name
-from eplb_bench.evaluation.runner import BalancerFailure, Job, base_record, one_line, run_job
+from eplb_bench.evaluation.runner import BalancerFailure, Job, job_records, one_line, run_records
 from eplb_bench.evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, IsolatedProgram
 from eplb_bench.data.suite import SUITE, heldout_datasets, heldout_seed
 
@@ -37,35 +37,38 @@ def program_info(path: str | Path, program: IsolatedProgram | None = None) -> Al
                          source_hash=file_sha256(path))
 
 
-def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb: float, isolation: str) -> Record:
-    """The record of one (dataset, scenario): the runner's, with the child's timing parts."""
+def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb: float, isolation: str) -> list[Record]:
+    """The records of one (dataset, scenario) (one per scored pair under the
+    cross-workload protocol): the runner's, with the child's timing parts."""
     program = IsolatedProgram(path, timeout=timeout, memory_mb=memory_mb, isolation=isolation)
+    job = Job(program_info(path, program), dataset, scenario)
     try:
         program.start(dataset.num_layers, dataset.num_logical, scenario.num_replicas, calls=dataset.num_windows)
-        record = run_job(Job(program_info(path, program), dataset, scenario))
-    except BalancerFailure as failure:  # at the start: run_job records the calls' failures itself
-        record = failed_record(path, dataset, scenario, failure.status, f"start: {failure}")
+        records = run_records(job)
+    except BalancerFailure as failure:  # at the start: the runner records the calls' failures itself
+        records = failed_records(job, failure.status, f"start: {failure}")
     except Exception as exc:  # a hole in the protocol's checks must cost one scenario, not the run
-        record = failed_record(path, dataset, scenario, "invalid", f"unreadable child: {type(exc).__name__}: {exc}")
+        records = failed_records(job, "invalid", f"unreadable child: {type(exc).__name__}: {exc}")
     finally:
         program.close()
-    record.isolation = isolation
-    record.isolated = program.summary()
-    return record
+    summary = program.summary()
+    for record in records:
+        record.isolation = isolation
+        record.isolated = summary
+    return records
 
 
-def failed_record(path, dataset, scenario, status: str, reason: str) -> Record:
-    record = base_record(Job(program_info(path), dataset, scenario), repeat=1)
-    return dataclasses.replace(record, status=status, error=one_line(reason))
+def failed_records(job: Job, status: str, reason: str) -> list[Record]:
+    return [dataclasses.replace(record, status=status, error=one_line(reason)) for record in job_records(job)]
 
 
 def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float = DEFAULT_TIMEOUT,
                      memory_mb: float = DEFAULT_MEMORY_MB, isolation: str = "namespaces") -> Iterator[Record]:
-    """One record per (dataset, scenario) in `targets` (the public split), yielded as each finishes."""
+    """The records of every (dataset, scenario) in `targets` (the public split), yielded as each finishes."""
     for dataset, scenario in targets:
-        record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
-        record.split = "public"
-        yield record
+        for record in evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation):
+            record.split = "public"
+            yield record
 
 
 def heldout_targets(names: Iterable[str] | None = None) -> list[tuple[str, int]]:
@@ -82,12 +85,12 @@ def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_o
     records, seeds = [], []
     for (_, seed), dataset in zip(draws, heldout_datasets(draws)):
         for scenario in scenarios_of(dataset):
-            record = evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation)
-            record.split = "heldout"
-            if progress is not None:
-                progress(record)
-            records.append(record)
-            seeds.append(seed)
+            for record in evaluate_one(path, dataset, scenario, timeout, memory_mb, isolation):
+                record.split = "heldout"
+                if progress is not None:
+                    progress(record)
+                records.append(record)
+                seeds.append(seed)
     for record, seed in zip(records, seeds):
         record.heldout_seed = seed
     return records

@@ -1,4 +1,6 @@
-"""Run balancers over datasets: plan on window i, score on window i+1.
+"""Run balancers over datasets: plan on window i, score on window i+1 (next-window);
+or, for collections of static workloads, plan on workload A, score on workload B
+for the pairs the manifest names and each workload in-sample (cross-workload).
 
 For every (balancer, dataset, scenario, device) the runner calls the balancer once
 per window pair (more with `repeat`), after one untimed warm-up call; validates
@@ -33,7 +35,7 @@ from eplb_bench.data.dataset import Dataset
 from eplb_bench.data.predictors import Predictor, predicted_windows
 from eplb_bench.data.manifests import stored_lower_bounds
 from eplb_bench.core.machine import harness_commit, machine_identity
-from eplb_bench.core.record import Record
+from eplb_bench.core.record import CROSS_WORKLOAD, Record
 from eplb_bench.core.registry import AlgorithmInfo
 from eplb_bench.core.scoring import all_scores
 from eplb_bench.core.simulate import bound_metrics, internode_share, placement_metrics
@@ -168,18 +170,37 @@ def base_record(job: Job, repeat: int) -> Record:
         num_logical=dataset.num_logical,
         **scenario.as_dict(),
         policy=scenario.policy,
+        protocol=dataset.protocol,
         device=job.device,
         predictor=job.predictor.label(),
         window_steps=dataset.window_steps,
         repeat=repeat,
         migration=job.migration,
-        prev_placement="passed" if passes_previous(job) else ("off" if not job.migration else "not accepted"),
+        prev_placement=previous_placement(job),
         computed_on=computed_on(job),
         eplb_bench_version=__version__,
         commit=harness_commit(),
         host=machine_identity(job.device),
         timestamp=_datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def previous_placement(job: Job) -> str:
+    """What the balancer was told of the placement in service (the record's prev_placement)."""
+    if job.dataset.protocol == CROSS_WORKLOAD:
+        return "none (static workloads have no order)"
+    return "passed" if passes_previous(job) else ("off" if not job.migration else "not accepted")
+
+
+def job_records(job: Job, repeat: int = 1) -> list[Record]:
+    """The records `job` yields, before anything is measured: one under next-window;
+    one per scored (plan, serve) pair under cross-workload (Dataset.scored_pairs)."""
+    record = base_record(job, repeat)
+    if job.dataset.protocol != CROSS_WORKLOAD:
+        return [record]
+    names = job.dataset.workload_names
+    return [dataclasses.replace(record, plan_workload=names[plan], serve_workload=names[serve])
+            for plan, serve in job.dataset.scored_pairs()]
 
 
 def runtime_spread(seconds: list[float]) -> dict:
@@ -227,6 +248,8 @@ def run_job(job: Job, repeat: int = 1) -> Record:
     migrated_replicas is the mean, over rebalances after the first, of the slots
     (all layers together) whose expert changed.
     """
+    if job.dataset.protocol == CROSS_WORKLOAD:
+        raise ValueError(f"{job.dataset.name} holds static workloads: run it with run_records")
     record = base_record(job, repeat)
     scenario = job.scenario
     windows = job.dataset.windows.to(job.device)
@@ -278,6 +301,73 @@ def run_job(job: Job, repeat: int = 1) -> Record:
     )
     record.scores = all_scores(record, record.runtime_ms / 1e3)
     return record
+
+
+def run_records(job: Job, repeat: int = 1) -> list[Record]:
+    """Every record of `job` (see job_records), under either protocol."""
+    if job.dataset.protocol == CROSS_WORKLOAD:
+        return run_cross_workload(job, repeat)
+    return [run_job(job, repeat)]
+
+
+def run_cross_workload(job: Job, repeat: int = 1) -> list[Record]:
+    """Plan once on every workload, score each placement on the workloads it is paired
+    with and in-sample; one record per pair.
+
+    A record's balancedness_gpu is on the workload served, its _insample on the one
+    planned on; its runtime is the plan's; its ceiling and gap are the plan's
+    in-sample, as under next-window. No placement is handed on (the workloads have
+    no order), so nothing migrates. A balancer that fails on one workload fails that
+    workload's records only.
+    """
+    records, pairs = job_records(job, repeat), job.dataset.scored_pairs()
+    scenario, names = job.scenario, job.dataset.workload_names
+    windows = job.dataset.windows.to(job.device)
+    lower = stored_lower_bounds(job.dataset, scenario)
+    routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
+    try:
+        timed_call(job.algorithm, windows[0].flip(-1).contiguous(), scenario)
+    except BalancerFailure as failure:
+        return [dataclasses.replace(r, status=failure.status, error=one_line(f"warm-up: {failure}")) for r in records]
+    planned: dict[int, tuple | BalancerFailure] = {}
+    for workload in dict.fromkeys(plan_index for plan_index, _ in pairs):
+        report = {} if accepts_report(job.algorithm) else None
+        try:
+            planned[workload] = plan(job.algorithm, windows[workload], scenario, repeat, None, report) + (report,)
+        except BalancerFailure as failure:
+            planned[workload] = failure
+    scored = []
+    for record, (plan_index, serve_index) in zip(records, pairs):
+        outcome = planned[plan_index]
+        if isinstance(outcome, BalancerFailure):
+            scored.append(dataclasses.replace(record, status=outcome.status,
+                                              error=one_line(f"workload {names[plan_index]}: {outcome}")))
+            continue
+        placement, seconds, report = outcome
+        phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
+        served = placement_metrics(windows[serve_index], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes)
+        in_sample = placement_metrics(windows[plan_index], phy2log, logcnt, scenario.num_gpus, scenario.num_nodes)
+        bound = lower[plan_index] if lower is not None and not bool(lower[plan_index].isnan().any()) else None
+        bounded = None if bound is None else bound_metrics(windows[plan_index], phy2log, logcnt, scenario.num_gpus,
+                                                           bound.to(windows.device))
+        record = dataclasses.replace(
+            record,
+            **runtime_spread(seconds),
+            windows_scored=1,
+            balancedness_gpu=served["balancedness_gpu"],
+            balancedness_gpu_insample=in_sample["balancedness_gpu"],
+            balancedness_slot=served["balancedness_slot"],
+            balancedness_slot_insample=in_sample["balancedness_slot"],
+            balancedness_node=served["balancedness_node"],
+            internode_share=internode_share(windows[serve_index], phy2log, logcnt, scenario.num_nodes, *routing),
+            balancedness_ceiling=None if bounded is None else bounded["balancedness_ceiling"],
+            optimality_gap=None if bounded is None else bounded["optimality_gap"],
+            bound_policy=None if bounded is None else "global",
+            balancer_report=None if report is None else [report],
+        )
+        record.scores = all_scores(record, record.runtime_ms / 1e3)
+        scored.append(record)
+    return scored
 
 
 def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[Record]:

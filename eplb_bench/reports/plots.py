@@ -115,6 +115,15 @@ def _scenarios(records: list[Record]) -> list[list[Record]]:
     return [list(group) for _, group in groupby(sorted(records, key=key), key=key)]
 
 
+def tick_label(record: Record) -> str:
+    """A scenario's tick: dataset, scenario name, and the workload pair when there is one."""
+    lines = [str(record.dataset), str(record.scenario)]
+    if record.plan_workload is not None:
+        lines.append(f"{record.plan_workload}" if record.plan_workload == record.serve_workload
+                     else f"{record.plan_workload}\n-> {record.serve_workload}")
+    return "\n".join(line for line in lines if line).strip()
+
+
 def _draw_bars(ax, records: list[Record], labels: dict, colours: dict, value: Callable[[Record], float | None],
                hatched: Callable[[Record], float | None] | None = None) -> list[float]:
     """Grouped bars: one group per scenario, one bar per entry (two, side by side, when
@@ -144,7 +153,7 @@ def _draw_bars(ax, records: list[Record], labels: dict, colours: dict, value: Ca
                 ax.bar(x + width, second, width, color=colours[name], alpha=0.45, hatch="//", edgecolor="white")
                 drawn.append(second)
     ax.set_xticks(range(len(scenarios)))
-    ax.set_xticklabels([plot_text(f"{g[0].dataset}\n{g[0].scenario}".strip()) for g in scenarios], fontsize=8)
+    ax.set_xticklabels([plot_text(tick_label(g[0])) for g in scenarios], fontsize=8)
     ax.set_xlim(-0.6, len(scenarios) - 0.4)
     ax.grid(True, axis="y", alpha=0.3)
     ax._failed_marks = failed  # drawn once the axis range is known
@@ -214,7 +223,7 @@ def plot_balance_by_scenario(records: list[Record], path: Path) -> Path:
         ax.set_ylim(bottom, 1.0 + (1.0 - bottom) * 0.06)
         _mark_failures(ax, bottom)
         ax.set_ylabel("GPU balancedness" + (f" (axis from {bottom:g})" if bottom > 0 else ""))
-        ax.set_title(plot_text(f"GPU balancedness per scenario: next window (solid), in-sample (hatched); "
+        ax.set_title(plot_text(f"GPU balancedness per scenario: next window or workload served (solid), in-sample (hatched); "
                                f"x: failed\n{machine}"), fontsize=9)
         _legend(ax, (CEILING_LABEL,))
 

@@ -18,7 +18,7 @@ from itertools import groupby
 from typing import Iterable
 
 from eplb_bench.core.machine import machine_label
-from eplb_bench.core.record import SPLITS, Record
+from eplb_bench.core.record import CROSS_WORKLOAD, SPLITS, Record
 from eplb_bench.core.scoring import DEFAULT_SCORER, SCORERS
 from eplb_bench.reports.tables import MISSING, Table, number
 
@@ -70,13 +70,18 @@ def scenario_of(record: Record) -> tuple:
     """The scenario a record counts for in a ranking: public records by their data's
     hash too, held-out draws of one generator pooled over their seeds."""
     shape = (record.dataset, record.scenario, record.num_replicas, record.num_groups, record.num_nodes,
-             record.num_gpus, record.device)
+             record.num_gpus, record.plan_workload, record.serve_workload, record.device)
     return shape if record.split == HELDOUT else shape + (record.data_sha256,)
 
 
 def scenario_title(record: Record) -> str:
-    """A scenario's short name: the dataset and, when it has one, the scenario's name."""
-    return f"{record.dataset} {record.scenario}" if record.scenario else str(record.dataset)
+    """A scenario's short name: the dataset, the scenario's name when it has one, and
+    under the cross-workload protocol the workload pair."""
+    title = f"{record.dataset} {record.scenario}" if record.scenario else str(record.dataset)
+    if record.plan_workload is not None:
+        title += (f", {record.plan_workload} in-sample" if record.plan_workload == record.serve_workload
+                  else f", plan {record.plan_workload} -> serve {record.serve_workload}")
+    return title
 
 
 def scenario_heading(record: Record) -> str:
@@ -292,10 +297,12 @@ def scenario_tables(records: Iterable, scorer: str) -> list[Table]:
     for _, group in groupby(sorted(records, key=key), key=key):
         group = _ranked_in_scenario(list(group), scorer, labels)
         heldout = group[0].split == HELDOUT
-        columns = [("GPU bal. next", "balancedness_gpu", "{:.4f}"),
+        # Under cross-workload the placement is scored on the workload served, not a next window.
+        scored = "served" if group[0].protocol == CROSS_WORKLOAD else "next"
+        columns = [(f"GPU bal. {scored}", "balancedness_gpu", "{:.4f}"),
                    ("GPU bal. in-sample", "balancedness_gpu_insample", "{:.4f}"),
-                   ("slot bal. next", "balancedness_slot", "{:.4f}"),
-                   ("node bal. next", "balancedness_node", "{:.4f}"),
+                   (f"slot bal. {scored}", "balancedness_slot", "{:.4f}"),
+                   (f"node bal. {scored}", "balancedness_node", "{:.4f}"),
                    ("internode", "internode_share", "{:.3f}"),
                    ("migrated/rebalance", "migrated_replicas", "{:.1f}"),
                    ("ceiling", "balancedness_ceiling", "{:.4f}"),
