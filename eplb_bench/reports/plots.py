@@ -120,7 +120,7 @@ def tick_label(record: Record) -> str:
     lines = [str(record.dataset), str(record.scenario)]
     if record.plan_workload is not None:
         lines.append(f"{record.plan_workload}" if record.plan_workload == record.serve_workload
-                     else f"{record.plan_workload}\n-> {record.serve_workload}")
+                     else f"{record.plan_workload}\n→ {record.serve_workload}")
     return "\n".join(line for line in lines if line).strip()
 
 

@@ -80,7 +80,7 @@ def scenario_title(record: Record) -> str:
     title = f"{record.dataset} {record.scenario}" if record.scenario else str(record.dataset)
     if record.plan_workload is not None:
         title += (f", {record.plan_workload} in-sample" if record.plan_workload == record.serve_workload
-                  else f", plan {record.plan_workload} -> serve {record.serve_workload}")
+                  else f", plan {record.plan_workload} → serve {record.serve_workload}")
     return title
 
 
