@@ -225,9 +225,24 @@ def test_tampered_manifests_give_one_line_errors(tmp_path, monkeypatch, capsys, 
 
 def test_main_job_reports_migrations_and_fast_is_passed_its_placement(main_job_records):
     for record in main_job_records:
+        if record["protocol"] == "cross-workload":   # static workloads: nothing to migrate from
+            assert record["migrated_replicas"] is None and record["prev_placement"].startswith("none")
+            continue
         assert record["migrated_replicas"] is not None and record["migrated_replicas"] >= 0
         expected = "passed" if record["algorithm"] == "fast" else "not accepted"
         assert record["prev_placement"] == expected and record["computed_on"] == "cpu"
+
+
+def test_main_job_scores_every_pair_of_the_real_dataset(main_job_records):
+    dataset = load_dataset("deepseek-v3-sglang")
+    names = dataset.workload_names
+    expected = {(names[plan], names[serve]) for plan, serve in dataset.scored_pairs()}
+    assert len(expected) == 16
+    for name in list_algorithms(include_slow=False):
+        for scenario in dataset.scenarios:
+            pairs = {(r["plan_workload"], r["serve_workload"]) for r in main_job_records
+                     if r["algorithm"] == name and r["dataset"] == dataset.name and r["num_gpus"] == scenario.num_gpus}
+            assert pairs == expected
 
 
 def test_bench_speed_prints_medians_and_ratios(capsys):

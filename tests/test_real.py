@@ -325,3 +325,18 @@ def test_job_records_name_every_pair_before_anything_runs():
     dataset = two_workloads()
     records = job_records(Job(AlgorithmInfo("x", None), dataset, Scenario(4, 1, 1, 2)))
     assert [(r.plan_workload, r.serve_workload) for r in records] == [("A", "A"), ("B", "B"), ("A", "B"), ("B", "A")]
+
+
+def test_an_isolated_program_scores_every_pair_as_it_does_in_process():
+    from eplb_bench.core.registry import file_algorithm_info
+    from eplb_bench.evaluation.evaluate import evaluate_program
+
+    greedy = Path(__file__).with_name("programs") / "greedy.py"
+    dataset, scenario = two_workloads(), Scenario(4, 1, 1, 2)
+    isolated = list(evaluate_program(greedy, [(dataset, scenario)], timeout=60, isolation="process"))
+    local = run_records(Job(file_algorithm_info(greedy), dataset, scenario))
+    assert [(r.plan_workload, r.serve_workload) for r in isolated] == [("A", "A"), ("B", "B"), ("A", "B"), ("B", "A")]
+    for record, expected in zip(isolated, local):
+        assert record.status == expected.status == "ok" and record.isolation == "process"
+        assert record.balancedness_gpu == expected.balancedness_gpu
+        assert record.balancedness_gpu_insample == expected.balancedness_gpu_insample

@@ -41,10 +41,11 @@ def evaluate_one(path: str | Path, dataset, scenario, timeout: float, memory_mb:
     """The records of one (dataset, scenario) (one per scored pair under the
     cross-workload protocol): the runner's, with the child's timing parts."""
     program = IsolatedProgram(path, timeout=timeout, memory_mb=memory_mb, isolation=isolation)
-    job = Job(program_info(path, program), dataset, scenario)
+    job = Job(program_info(path), dataset, scenario)
     try:
         program.start(dataset.num_layers, dataset.num_logical, scenario.num_replicas, calls=dataset.num_windows)
-        records = run_records(job)
+        # Only a started child knows which keywords the program takes.
+        records = run_records(Job(program_info(path, program), dataset, scenario))
     except BalancerFailure as failure:  # at the start: the runner records the calls' failures itself
         records = failed_records(job, failure.status, f"start: {failure}")
     except Exception as exc:  # a hole in the protocol's checks must cost one scenario, not the run
