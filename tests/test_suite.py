@@ -67,7 +67,7 @@ def test_deepseek_v3_one_step_gpu_imbalance_at_ep32():
     spec = SUITE["deepseek-v3"].spec
     _, steps = generate(spec, keep_steps=10, max_windows=1)
     per_step = contiguous_gpu_imbalance(steps, 32).mean(-1)
-    assert 2.0 <= per_step.mean() <= 3.2
+    assert 2.56 * 0.9 <= per_step.mean() <= 2.56 * 1.1
     window = contiguous_gpu_imbalance(windows_of("deepseek-v3")[0], 32).mean()
     assert 1.3 <= per_step.mean() / window <= 1.8, "one step should be about 1.5x the aggregate"
 
@@ -119,13 +119,15 @@ def test_statistics_by_hand():
 
 
 def test_decode_shift_keeps_a_partial_ranking():
-    # Published prefill vs decode rank correlation: 0.45-0.85 (the shift is not held to >= 0.8).
+    # Published prefill vs decode rank correlation: 0.45-0.85 (the shift is not held to >= 0.8);
+    # deepseek-v3 is held to the real DeepSeek-V3 range instead (tests/test_calibration.py).
     for name in SUITE_NAMES:
+        low, high = (0.67, 0.90) if name == "deepseek-v3" else (0.45, 0.85)
         windows = windows_of(name)
         for phase in manifest_of(name)["phases"]:
             if phase["stage"] == "decode":
                 start = phase["windows"][0]
-                assert 0.45 <= rank_correlation(windows[start - 1], windows[start]) <= 0.85, name
+                assert low <= rank_correlation(windows[start - 1], windows[start]) <= high, name
 
 
 def test_drift_moves_popularity_within_a_phase():

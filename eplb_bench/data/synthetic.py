@@ -3,8 +3,16 @@
 The model, one idea per function below:
 
 - popularity: each layer's experts get normal scores (the normal quantiles in a random
-  order) times the layer's spread (a few "hot" layers spread wider); near-idle experts
+  order) times the layer's spread (a few "hot" layers spread wider; with `spread_sigma`,
+  every layer's spread also varies, lognormal around `logit_spread`); near-idle experts
   are pushed far down;
+- tail shape: with `score_skew`, the scores bend lognormal-wise before the spread
+  (a longer top, a shallower bottom);
+- hot expert: with `hot_expert_gap`, each layer's best expert sits a logit gap above its
+  second, exponential of that mean across layers: from two tied hottest experts to one
+  far hotter expert (the expert max/mean tail) at a similar Gini;
+- per-layer values (the lognormal spreads, the gaps) are their distribution's quantiles
+  (rank + 0.5) / L in a random order of the layers, as the scores are;
 - routing: per window, a sample of tokens routes through the logits with Gumbel noise,
   each token taking its top-k distinct experts, and for group-limited models only
   inside its top groups (group score: sum of its two best experts, as DeepSeek-V3);
@@ -57,6 +65,9 @@ class SyntheticSpec:
     logit_spread: float = 1.0
     hot_layer_share: float = 0.1
     hot_layer_boost: float = 1.3
+    spread_sigma: float = 0.0
+    score_skew: float = 0.0
+    hot_expert_gap: float = 0.0
     idle_share: float = 0.0
     drift: float = 0.15
     decode_correlation: float = 0.65
@@ -96,11 +107,68 @@ def standardized(scores: np.ndarray) -> np.ndarray:
 
 
 def layer_spreads(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
-    """[L] logit spread of each layer: `logit_spread`, times `hot_layer_boost` on hot layers."""
+    """[L] logit spread of each layer: `logit_spread`, times `hot_layer_boost` on hot layers,
+    times a lognormal factor of log-sd `spread_sigma` (median 1, at the layers' quantiles)."""
     spreads = np.full(spec.num_layers, spec.logit_spread)
     num_hot = round(spec.hot_layer_share * spec.num_layers)
     spreads[rng.choice(spec.num_layers, num_hot, replace=False)] *= spec.hot_layer_boost
+    # Drawn only when asked for, so that specs without it keep their random stream.
+    if spec.spread_sigma:
+        spreads *= np.exp(spec.spread_sigma * ndtri(shuffled_quantiles(rng, spec.num_layers)))
     return spreads
+
+
+def shuffled_quantiles(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n] the probabilities (rank + 0.5) / n in a random order.
+
+    Per-layer parameters are these quantiles of their distribution, as the expert
+    scores are the normal quantiles: the spread of a dataset's layers then does not
+    depend on the seed, only which layer gets which value.
+    """
+    return (rng.permutation(n) + 0.5) / n
+
+
+def hot_expert_gaps(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray | None:
+    """[L] logit gap of each layer's hottest expert above its second, exponential of mean
+    `hot_expert_gap` (at the layers' quantiles); None when it is 0 (the gap the normal
+    quantiles give)."""
+    # Drawn only when asked for, so that specs without it keep their random stream.
+    if not spec.hot_expert_gap:
+        return None
+    return -spec.hot_expert_gap * np.log1p(-shuffled_quantiles(rng, spec.num_layers))
+
+
+def skewed(scores: np.ndarray, skew: float) -> np.ndarray:
+    """scores: [L, E] -> [L, E] `expm1(skew * scores) / skew` (the scores themselves at 0).
+
+    Normal scores route to a top lighter and a bottom deeper than real layers have
+    at the same Gini; a positive skew stretches the top scores and compresses the bottom
+    ones (lognormal-shaped scores) while keeping the slope 1 at the median.
+    """
+    return np.expm1(skew * scores) / skew if skew else scores
+
+
+def with_hot_expert(logits: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """logits: [L, E] -> the same array, each layer's best expert moved (in place) to
+    `gaps` [L] above its second.
+
+    The normal quantiles put every layer's best expert the same distance above its
+    second; real layers range from two tied hottest experts to one far above the rest
+    (the expert max/mean tail) at similar Gini, as the top spacing of a sample does
+    (about exponential). The gap follows whichever expert is best, so the hot expert
+    changes as the scores drift or the domain switches.
+    """
+    hottest = logits.argmax(-1)[:, None]
+    np.put_along_axis(logits, hottest, (kth_largest(logits, 2) + gaps)[:, None], -1)
+    return logits
+
+
+def expert_logits(scores: np.ndarray, spreads: np.ndarray, offsets: np.ndarray, skew: float,
+                  gaps: np.ndarray | None) -> np.ndarray:
+    """Routing logits [L, E] of standardized scores [L, E]: skewed, times the layer spreads
+    [L], plus the idle offsets [L, E], and with the hot expert gaps [L] unless None."""
+    logits = spreads[:, None] * skewed(scores, skew) + offsets
+    return logits if gaps is None else with_hot_expert(logits, gaps)
 
 
 def idle_offsets(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray:
@@ -213,8 +281,9 @@ def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None =
         first_steps: [keep_steps, L, E] int64, the first steps of window 0.
     """
     rng = np.random.default_rng(spec.seed)
-    spreads = layer_spreads(rng, spec)[:, None]
+    spreads = layer_spreads(rng, spec)
     offsets = idle_offsets(rng, spec)
+    gaps = hot_expert_gaps(rng, spec)
     total = spec.num_windows if max_windows is None else min(max_windows, spec.num_windows)
     windows = np.zeros((total, spec.num_layers, spec.num_logical), dtype=np.int64)
     kept = []
@@ -224,7 +293,7 @@ def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None =
         for _ in range(phase.windows):
             if window == total:
                 break
-            shares = route_shares(rng, spreads * scores + offsets, spec)
+            shares = route_shares(rng, expert_logits(scores, spreads, offsets, spec.score_skew, gaps), spec)
             for step in range(spec.window_steps):
                 loads = step_loads(rng, shares, tokens * spec.top_k, spec.concentration)
                 windows[window] += loads
