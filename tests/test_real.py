@@ -57,7 +57,11 @@ def test_a_logical_count_file_is_one_static_workload_without_its_dense_layers(tm
         ('{"logical_count": [[["a"]]]}', "logical_count is not a rectangular array of numbers"),
         ('{"logical_count": [1, 2, 3]}', "logical_count has shape (3,), expected 2-D or 3-D"),
         ('{"logical_count": []}', "logical_count has shape (0,)"),
-        ('{"logical_count": [[0, 0], [0, 0]]}', "every layer's load is zero"),
+        ('{"logical_count": [[0, 0], [0, 0]]}', "every count is zero"),
+        ('{"logical_count": [[true, false], [1, 2]]}', "not a rectangular array of numbers"),
+        ('{"logical_count": [["1", "2"], [1, 2]]}', "not a rectangular array of numbers"),
+        ('{"logical_count": [[1' + "0" * 5000 + ', 2]]}', "unusable JSON"),
+        ('{"logical_count": [[[4e18, 1]], [[4e18, 1]]]}', "too large"),
         ('{"physical_to_logical_map": [[0, 1]]}', "holds a placement (physical_to_logical_map) but no logical_count"),
     ],
 )
@@ -67,6 +71,18 @@ def test_malformed_location_files_are_one_line_errors(tmp_path, content, message
     with pytest.raises(DatasetError) as caught:
         load_dataset(path)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_tiny_expanded_tensor_file_is_refused_before_it_is_converted(tmp_path):
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"logical_count": torch.ones(1).expand(12000, 12000)}, bomb)
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(DatasetError, match="expanded view"):
+        load_dataset(bomb)
+    flat = tmp_path / "one.pt"
+    torch.save({"logical_count": torch.tensor([[0, 0, 0], [3, 2, 1]])}, flat)
+    single = load_dataset(flat)   # a 2-D logical_count in a .pt is one static workload too
+    assert single.protocol == CROSS_WORKLOAD and single.windows.tolist() == [[[3, 2, 1]]]
 
 
 @pytest.mark.parametrize(
@@ -340,3 +356,37 @@ def test_an_isolated_program_scores_every_pair_as_it_does_in_process():
         assert record.status == expected.status == "ok" and record.isolation == "process"
         assert record.balancedness_gpu == expected.balancedness_gpu
         assert record.balancedness_gpu_insample == expected.balancedness_gpu_insample
+
+
+HANGS_ON_B = '''
+import time
+import torch
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    if weight.tolist() == [[200, 200, 200, 300]]:
+        time.sleep(60)
+    phy2log = torch.arange(num_replicas).repeat(weight.shape[0], 1) % weight.shape[1]
+    logcnt = torch.zeros(weight.shape, dtype=torch.int64).scatter_add_(1, phy2log, torch.ones_like(phy2log))
+    log2phy = torch.full((*weight.shape, int(logcnt.max())), -1, dtype=torch.int64)
+    for layer in range(weight.shape[0]):
+        for slot, expert in enumerate(phy2log[layer].tolist()):
+            free = (log2phy[layer, expert] == -1).nonzero()[0, 0]
+            log2phy[layer, expert, free] = slot
+    return phy2log, log2phy, logcnt
+'''
+
+
+def test_a_child_that_times_out_on_one_workload_is_replaced_for_the_next(tmp_path):
+    from eplb_bench.evaluation.evaluate import evaluate_program
+
+    program = tmp_path / "hangs_on_b.py"
+    program.write_text(HANGS_ON_B)
+    windows = torch.tensor([[[400, 200, 100, 100]], [[200, 200, 200, 300]], [[100, 100, 100, 500]]])
+    dataset = Dataset(name="three", windows=windows, num_groups=1, scenarios=[Scenario(4, 1, 1, 2)],
+                      window_steps=None, meta={"protocol": CROSS_WORKLOAD, "pairs": [["B", "C"], ["C", "B"]],
+                                               "workloads": [{"name": "A"}, {"name": "B"}, {"name": "C"}]})
+    records = list(evaluate_program(program, [(dataset, Scenario(4, 1, 1, 2))], timeout=3, isolation="process"))
+    statuses = {(r.plan_workload, r.serve_workload): r.status for r in records}
+    assert statuses == {("A", "A"): "ok", ("B", "B"): "timeout", ("C", "C"): "ok", ("B", "C"): "timeout",
+                        ("C", "B"): "ok"}

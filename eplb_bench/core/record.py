@@ -153,6 +153,8 @@ class Record:
             values = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise RecordError(f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # an integer past Python's digit limit, deep nesting
+            raise RecordError(f"unusable JSON: {' '.join(str(exc).split())[:120]}") from None
         if isinstance(values, dict) and set(values) == {SUMMARY_KEY}:
             return None
         return cls.from_dict(values)

@@ -13,7 +13,7 @@ from pathlib import Path
 from eplb_bench.core.contract import Scenario, ScenarioError
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, Dataset, DatasetError, _as_tensor, _default_scenarios, default_groups
 from eplb_bench.core.record import CROSS_WORKLOAD
-from eplb_bench.data.formats import SGLANG_LOCATION, check_windows, json_format, read_loads, read_workloads
+from eplb_bench.data.formats import check_windows, holds_one_aggregate, read_loads, read_workloads
 from eplb_bench.data.manifests import load_manifest, sha256_of, write_dataset_files
 
 
@@ -82,6 +82,8 @@ def load_dataset(name_or_path: str | Path, window_steps: int = DEFAULT_WINDOW_ST
         raise DatasetError(f"no dataset named {text!r} and no such file (shipped or imported: {known})")
     if path.is_dir():
         raise DatasetError(f"{path} is a directory, expected a dataset file")
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a regular file")
     if path.suffix == ".json" and _looks_like_manifest(path):
         return load_manifest(path)
     windows, meta = read_loads(path, window_steps)
@@ -107,7 +109,7 @@ def _looks_like_manifest(path: Path) -> bool:
         return False
     try:
         document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, RecursionError):   # JSONDecodeError is a ValueError
         return False
     return isinstance(document, dict) and "file" in document and "load_history" not in document
 
@@ -152,7 +154,7 @@ def import_dataset(
     for source in sources:
         if not source.is_file():
             raise DatasetError(f"no such file: {source}")
-    if len(sources) > 1 or _holds_one_workload(sources[0]):
+    if len(sources) > 1 or holds_one_aggregate(sources[0]):
         windows, meta = read_workloads(sources)
         meta["pairs"] = workload_pairs([w["name"] for w in meta["workloads"]], pairs)
         windows = check_windows(windows, ", ".join(map(str, sources)), min_windows=1)
@@ -193,15 +195,6 @@ def import_dataset(
     }
     directory.mkdir(parents=True, exist_ok=True)
     return write_dataset_files(directory, name, windows, manifest)
-
-
-def _holds_one_workload(path: Path) -> bool:
-    """Whether a file is an SGLang expert location with one aggregate logical_count."""
-    if path.suffix != ".json" or json_format(path) != SGLANG_LOCATION:
-        return False
-    from eplb_bench.data.formats import sglang_logical_count
-
-    return sglang_logical_count(path).ndim == 2
 
 
 def workload_pairs(names: list[str], pairs: list[tuple[str, str]] | None) -> list[list[str]]:

@@ -126,6 +126,8 @@ class _JsonStream:
                 raise DatasetError(f"{self.path}: not valid JSON ({where}: {reason})") from None
             except RecursionError:
                 raise DatasetError(f"{self.path}: not valid JSON ({where} is nested too deeply)") from None
+            except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+                raise DatasetError(f"{self.path}: unusable JSON ({where}: {one_line_reason(exc)})") from None
             self.position = end
             return value
 
@@ -236,6 +238,9 @@ def load_sglang_dump(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np
     counts = document.get("logical_count") if isinstance(document, dict) else None
     if not isinstance(counts, torch.Tensor):
         raise DatasetError(f"{path}: expected a dict with a 'logical_count' tensor (SGLang expert distribution dump)")
+    if counts.layout == torch.strided and expanded(counts):
+        raise DatasetError(f"{path}: logical_count is an expanded view ({counts.numel()} values over a smaller "
+                           "storage); save it with .contiguous()")
     try:
         counts = counts.detach().to_dense().double().numpy()
     except (RuntimeError, TypeError) as exc:
@@ -293,7 +298,7 @@ def _positive_scalar(value, key: str, where) -> int:
 PLACEMENT_KEY, COUNT_KEY = "physical_to_logical_map", "logical_count"
 SGLANG_LOCATION = "sglang-location"
 # Location files hold one aggregate per layer: megabytes, not the gigabytes of a history.
-MAX_LOCATION_BYTES = 1 << 28
+MAX_LOCATION_BYTES = 1 << 26
 
 
 def json_format(path: Path) -> str:
@@ -345,22 +350,60 @@ def read_sglang_location(path: Path) -> dict:
             raise DatasetError(f"{path}: not valid JSON") from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+            raise DatasetError(f"{path}: unusable JSON ({one_line_reason(exc)})") from None
     if not isinstance(document, dict) or not ({PLACEMENT_KEY, COUNT_KEY} & set(document)):
         raise DatasetError(f'{path}: expected an object with "{COUNT_KEY}" or "{PLACEMENT_KEY}" (SGLang expert location)')
     return document
 
 
+# Values a location file may hold: far more than any model's layers x experts (x steps).
+MAX_LOCATION_VALUES = 1 << 25
+
+
 def _numbers(value, path: Path, key: str, ndims: tuple[int, ...]) -> np.ndarray:
-    """A document's array `key` as float64 with one of `ndims` dimensions, every value finite."""
-    try:
-        array = value.detach().double().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError, RuntimeError):
-        raise DatasetError(f"{path}: {key} is not a rectangular array of numbers") from None
+    """A document's array `key` as float64 with one of `ndims` dimensions, every value a
+    finite real number (no booleans, strings or complex numbers), at most
+    MAX_LOCATION_VALUES of them (checked before anything is converted)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_complex or value.dtype == torch.bool or value.layout != torch.strided:
+            raise DatasetError(f"{path}: {key} is a {value.dtype} {value.layout} tensor, expected real numbers")
+        if expanded(value):
+            raise DatasetError(f"{path}: {key} is an expanded view ({value.numel()} values over a smaller "
+                               "storage); save it with .contiguous()")
+        if value.numel() > MAX_LOCATION_VALUES:
+            raise DatasetError(f"{path}: {key} has {value.numel()} values, more than {MAX_LOCATION_VALUES}")
+        try:
+            array = value.detach().double().numpy()
+        except (RuntimeError, TypeError, NotImplementedError):
+            raise DatasetError(f"{path}: {key} cannot be read as numbers") from None
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError, OverflowError):
+            raise DatasetError(f"{path}: {key} is not a rectangular array of numbers") from None
+        # Booleans (true/false mixed with numbers become numbers), strings, ragged lists,
+        # integers past int64: none is a count.
+        if array.dtype.kind not in "iuf" or _holds_booleans(value):
+            raise DatasetError(f"{path}: {key} is not a rectangular array of numbers")
+        array = array.astype(np.float64)
     if array.ndim not in ndims or array.size == 0:
         raise DatasetError(f"{path}: {key} has shape {array.shape}, expected {' or '.join(f'{n}-D' for n in ndims)}")
     if not np.isfinite(array).all():
         raise DatasetError(f"{path}: {key} contains NaN or infinite values")
     return array
+
+
+_IS_BOOLEAN = np.frompyfunc(lambda item: isinstance(item, (bool, np.bool_)), 1, 1)
+
+
+def _holds_booleans(value) -> bool:
+    """Whether a rectangular nested list holds a boolean anywhere."""
+    return bool(_IS_BOOLEAN(np.asarray(value, dtype=object)).any())
+
+
+def one_line_reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def sglang_logical_count(path: Path) -> np.ndarray:
@@ -401,6 +444,7 @@ def load_sglang_location(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -
     counts = sglang_logical_count(path)
     if counts.ndim == 2:
         return read_workloads([path])
+    check_values(counts, f"{path}: {COUNT_KEY}", limit=np.iinfo(np.int64).max // (2 * window_steps))
     windows = steps_to_windows(counts, window_steps, str(path))
     windows, layers = without_empty_layers(windows, str(path))
     return windows, {"format": SGLANG_LOCATION, "window_steps": window_steps, "source_layers": layers}
@@ -427,6 +471,8 @@ def read_workloads(paths: list[Path]) -> tuple[np.ndarray, dict]:
         if count.ndim != 2:
             raise DatasetError(f"{path}: {COUNT_KEY} has per-step counts {count.shape}; a workload is one "
                                "[layers, experts] aggregate (import a step history on its own)")
+        if not count.any():
+            raise DatasetError(f"{path}: every count is zero: a workload needs load to be planned on")
         if counts and count.shape != counts[0].shape:
             raise DatasetError(f"{path}: {COUNT_KEY} has shape {count.shape}, {paths[0]} has {counts[0].shape}")
         counts.append(count)
@@ -447,6 +493,24 @@ def source_layers(count: int, dropped: list[int]) -> dict:
             "why": "no load in any window: dense (non-MoE) layers, which a balancer has nothing to place on"}
 
 
+def holds_one_aggregate(path: Path) -> bool:
+    """Whether a .json or .pt file is an SGLang expert location whose logical_count is one
+    [layers, experts] aggregate (a static workload)."""
+    if path.suffix == ".json" and json_format(path) != SGLANG_LOCATION:
+        return False
+    try:
+        counts = read_sglang_location(path).get(COUNT_KEY)
+        return counts.dim() == 2 if isinstance(counts, torch.Tensor) else counts is not None and np.ndim(counts) == 2
+    except (DatasetError, ValueError):
+        return False   # the format's own reader says what is wrong
+
+
+def expanded(tensor: torch.Tensor) -> bool:
+    """Whether a tensor holds more values than its storage (stride-0 or overlapping views:
+    a file of a few bytes that would convert to gigabytes)."""
+    return tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes()
+
+
 def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:
     """Windows [W, L, E] and metadata of a load file, by its extension and contents.
 
@@ -460,6 +524,8 @@ def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np
             return load_sglang_location(path, window_steps)
         return load_vllm_json(path, window_steps), {"window_steps": window_steps, "format": "vllm-json"}
     if path.suffix in (".pt", ".pth"):
+        if holds_one_aggregate(path):
+            return read_workloads([path])
         return load_sglang_dump(path, window_steps), {"window_steps": window_steps, "format": "sglang-dump"}
     raise DatasetError(f"{path}: unknown dataset format {path.suffix!r} (expected .json, .npz, .pt or .pth)")
 

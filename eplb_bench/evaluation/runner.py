@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _datetime
 import math
+import secrets
 import statistics
 import time
 from dataclasses import dataclass
@@ -124,6 +125,40 @@ def checked_placement(output, weight: torch.Tensor, scenario: Scenario):
     return placement
 
 
+# Log-sd of the factor each expert's load is scaled by in an untimed warm-up or a timed
+# repeat: the loads keep their size and skew, but no entry is any window's.
+DISGUISE_SIGMA = 0.25
+
+
+def disguised(weight: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stand-in for `weight` [L, E] that no cache of earlier inputs can answer: each
+    layer's experts in a fresh random order, each load scaled by its own lognormal
+    factor (rounded for counts). Returns (stand-in [L, E], order [L, E]): expert j of
+    the stand-in is expert order[l, j] of the window.
+
+    A rotation or a reversal (what a repeat used to get) can be undone by the program
+    and answered from a cache; a permutation with scaled loads cannot be matched back.
+    """
+    layers, experts = weight.shape
+    order = torch.argsort(torch.rand(layers, experts, generator=generator), dim=1).to(weight.device)
+    factor = torch.exp(DISGUISE_SIGMA * torch.randn(layers, experts, generator=generator, dtype=torch.float64))
+    scaled = weight.gather(1, order).double() * factor.to(weight.device)
+    return (scaled.round() if not weight.is_floating_point() else scaled).to(weight.dtype).contiguous(), order
+
+
+def renumbered(prev_phy2log: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """prev_phy2log [L, R] in the window's expert ids -> the same placement in the ids
+    of a stand-in made with `order` [L, E] (see disguised)."""
+    inverse = torch.argsort(order, dim=1)
+    return inverse.gather(1, prev_phy2log.to(order.device))
+
+
+def fresh_generator() -> torch.Generator:
+    """A generator seeded from the operating system, so that no program can predict the
+    stand-ins of a run."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
 def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: int,
          prev_phy2log: torch.Tensor | None = None, report: dict | None = None):
     """Plan on one window, timed `repeat` times; return (placement, list of seconds).
@@ -132,17 +167,19 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
         weight: [num_layers, num_logical], on the run's device; never handed out itself.
         prev_phy2log: [num_layers, num_replicas], the placement in service, or None.
     The first call gets the window itself; its placement is the one scored. Repeat k
-    gets the window with its experts rotated by k places (and the previous placement
-    renumbered to match): the same loads and the same work, but an input no cache of
+    gets a stand-in (see disguised, the previous placement renumbered to match):
+    loads of the same size and skew, the same kind of work, but an input no cache of
     earlier answers can serve. Every call's input is checked for changes and every
     output validated. `report`, when given, goes to the first call (see timed_call).
     """
     placement, seconds = None, []
-    num_logical = weight.shape[-1]
+    generator = fresh_generator()
     for attempt in range(repeat):
-        source = weight if attempt == 0 else weight.roll(attempt, dims=-1)
+        source, previous = weight, prev_phy2log
+        if attempt:
+            source, order = disguised(weight, generator)
+            previous = None if prev_phy2log is None else renumbered(prev_phy2log, order)
         given = source.clone()
-        previous = None if prev_phy2log is None else (prev_phy2log + attempt) % num_logical
         output, elapsed = timed_call(info, given, scenario, previous, report if attempt == 0 else None)
         seconds.append(elapsed)
         if not torch.equal(given, source):
@@ -151,6 +188,12 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
         if placement is None:
             placement = checked
     return placement, seconds
+
+
+def warm_up(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario) -> None:
+    """One untimed call on a stand-in of `weight` (see disguised): no answer to a real
+    window can be prepared from it."""
+    timed_call(info, disguised(weight, fresh_generator())[0], scenario)
 
 
 def _mean(values: list[float]) -> float:
@@ -261,8 +304,7 @@ def run_job(job: Job, repeat: int = 1) -> Record:
     window, previous = None, None
     routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
     try:
-        # Untimed warm-up on window 0 reversed: no answer to a real window can be cached.
-        timed_call(job.algorithm, planned[0].flip(-1).contiguous(), scenario)
+        warm_up(job.algorithm, planned[0], scenario)
         for window in range(windows.shape[0] - 1):
             handed = previous if passes_previous(job) else None
             report = {} if accepts_report(job.algorithm) else None
@@ -326,16 +368,21 @@ def run_cross_workload(job: Job, repeat: int = 1) -> list[Record]:
     lower = stored_lower_bounds(job.dataset, scenario)
     routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
     try:
-        timed_call(job.algorithm, windows[0].flip(-1).contiguous(), scenario)
+        warm_up(job.algorithm, windows[0], scenario)
     except BalancerFailure as failure:
         return [dataclasses.replace(r, status=failure.status, error=one_line(f"warm-up: {failure}")) for r in records]
     planned: dict[int, tuple | BalancerFailure] = {}
+    broken = None   # why no workload can be planned any more
     for workload in dict.fromkeys(plan_index for plan_index, _ in pairs):
+        if broken is not None:
+            planned[workload] = broken
+            continue
         report = {} if accepts_report(job.algorithm) else None
         try:
             planned[workload] = plan(job.algorithm, windows[workload], scenario, repeat, None, report) + (report,)
         except BalancerFailure as failure:
             planned[workload] = failure
+            broken = restarted(job, windows[workload], failure, names[workload])
     scored = []
     for record, (plan_index, serve_index) in zip(records, pairs):
         outcome = planned[plan_index]
@@ -368,6 +415,21 @@ def run_cross_workload(job: Job, repeat: int = 1) -> list[Record]:
         record.scores = all_scores(record, record.runtime_ms / 1e3)
         scored.append(record)
     return scored
+
+
+def restarted(job: Job, weight: torch.Tensor, failure: BalancerFailure, workload: str) -> BalancerFailure | None:
+    """After a sandboxed program's child ended (timeout, crash, memory) on one workload,
+    a fresh child for the next ones, warmed up; None when it runs, else the failure that
+    every later workload records. In-process balancers need nothing."""
+    restart = getattr(job.algorithm.function, "restart", None)
+    if failure.status not in ("timeout", "crash", "memory") or restart is None:
+        return None
+    try:
+        restart()
+        warm_up(job.algorithm, weight, job.scenario)
+    except BalancerFailure as again:
+        return BalancerFailure(again.status, f"not run: no fresh child after {workload} ended ({again})")
+    return None
 
 
 def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[Record]:

@@ -243,7 +243,7 @@ class IsolatedProgram:
 
         `calls` (the calls to expect) sizes the child's CPU-time limit.
         """
-        self.shape = (num_layers, num_logical, num_replicas)
+        self.shape, self.calls = (num_layers, num_logical, num_replicas), calls
         self.limits = Limits(memory_bytes=int(self.memory_mb * 2**20),
                              cpu_seconds=int(self.threads * (STARTUP_SECONDS + self.timeout * (calls + 2))),
                              processes=self.threads + 32)
@@ -261,6 +261,13 @@ class IsolatedProgram:
         if not isinstance(accepts, list) or not all(isinstance(name, str) for name in accepts):
             raise self.fail("invalid", "loading the program: the child's answer is not the protocol")
         self.accepts = frozenset(accepts) & {"prev_phy2log", "report"}
+
+    def restart(self) -> None:
+        """A fresh child for the same shape, after one that timed out, crashed or ran out
+        of memory: the next, independent problem (a cross-workload dataset's next
+        workload) is not charged for the last one's end. BalancerFailure if it cannot start."""
+        self.close()
+        self.start(*self.shape, calls=self.calls)
 
     def launch(self) -> None:
         settings = {"threads": self.threads, "limits": self.limits.as_dict()}
