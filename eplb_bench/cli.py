@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="sglang", help="sglang: --init-expert-location's JSON")
     export.add_argument("--out", required=True,
                         help="the placement file (physical_to_logical_map); its loads go beside it, in "
-                             "FILE.logical_count.json")
+                             "STEM.logical_count.json")
     add_thread_argument(export)
     return parser
 

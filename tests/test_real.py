@@ -2,6 +2,7 @@
 cross-workload protocol, and export of placements for SGLang."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,63 @@ def test_a_child_that_times_out_on_one_workload_is_replaced_for_the_next(tmp_pat
     statuses = {(r.plan_workload, r.serve_workload): r.status for r in records}
     assert statuses == {("A", "A"): "ok", ("B", "B"): "timeout", ("C", "C"): "ok", ("B", "C"): "timeout",
                         ("C", "B"): "ok"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"source_layers": {"count": "x", "dropped": []}}, "source_layers.count"),
+     ({"source_layers": {"dropped": [0]}}, "source_layers.count"),
+     ({"source_layers": {"count": 5, "dropped": None}}, "source_layers.dropped"),
+     ({"source_layers": {"count": 5, "dropped": [True]}}, "source_layers.dropped"),
+     ({"source_layers": {"count": 6, "dropped": [0, 0]}}, "source_layers.dropped"),
+     ({"source_layers": {"count": 5, "dropped": [9]}}, "source_layers.dropped"),
+     ({"source_layers": {"count": 5, "dropped": [1]}}, "do not match the data's 1 layers"),
+     ({"routing": {"top_k": 1, "num_groups": 2, "topk_groups": 2}}, "impossible routing"),
+     ({"routing": {"top_k": 3, "num_groups": 1, "topk_groups": 1}}, "impossible routing"),
+     ({"workloads": [{"name": "a|b"}, {"name": "b"}], "pairs": []}, "invalid workload name"),
+     ({"pairs": [["a", "b"], ["a", "b"]]}, "a pair is named twice")],
+)
+def test_manifests_that_would_mislead_export_or_scoring_are_refused(tmp_path, change, message):
+    import_dataset([location_file(tmp_path / "a.json", [[1, 2]]), location_file(tmp_path / "b.json", [[2, 1]])],
+                   "pair", directory=tmp_path, num_groups=1, scenarios=[Scenario(2, 1, 1, 1)])
+    manifest = json.loads((tmp_path / "pair.json").read_text())
+    manifest.update(change)
+    (tmp_path / "pair.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_dataset(tmp_path / "pair.json")
+
+
+def test_workload_names_and_pairs_are_checked_at_import(tmp_path):
+    odd = location_file(tmp_path / "c:d.json", [[1, 2]])
+    plain = location_file(tmp_path / "plain.json", [[2, 1]])
+    with pytest.raises(DatasetError, match="named by its file's stem"):
+        import_dataset([odd, plain], "odd", directory=tmp_path)
+    other = location_file(tmp_path / "other.json", [[3, 1]])
+    with pytest.raises(DatasetError, match="named twice"):
+        import_dataset([plain, other], "twice", directory=tmp_path, pairs=[("plain", "other"), ("plain", "other")])
+    with pytest.raises(DatasetError, match="every count is zero"):
+        import_dataset([plain, location_file(tmp_path / "zero.json", [[0, 0]])], "zeros", directory=tmp_path / "d")
+
+
+def test_records_cannot_claim_what_the_cross_workload_protocol_does_not_measure():
+    base = {"algorithm": "a", "dataset": "d", "status": "ok", "protocol": CROSS_WORKLOAD,
+            "plan_workload": "A", "serve_workload": "B"}
+    for bad in ({"migrated_replicas": 3.0}, {"windows_scored": 11}, {"predictor": "ema:0.5"},
+                {"plan_workload": ""}, {"balancedness_gpu": 7.0}, {"internode_share": 1.5}):
+        with pytest.raises(RecordError):
+            Record.from_dict({**base, **bad})
+    Record.from_dict({**base, "balancedness_gpu": 1.0 + 1e-12})   # an ulp past 1 is rounding
+
+
+def test_export_writes_both_files_or_neither(tmp_path, capsys):
+    for out, message in (("", "--out must name a file"), (".", "--out must name a file"),
+                         (str(tmp_path), "--out must name a file")):
+        code, _, err = run_cli(capsys, "export", "--algorithm", "fast", "--dataset", "mixtral-8x7b", "--out", out)
+        assert code == 2 and message in err
+    (tmp_path / "p.logical_count.json").mkdir()
+    code, _, err = run_cli(capsys, "export", "--algorithm", "fast", "--dataset", "mixtral-8x7b",
+                           "--out", str(tmp_path / "p.json"))
+    assert code == 2 and "is a directory" in err and not (tmp_path / "p.json").exists()
+    code, _, err = run_cli(capsys, "export", "--algorithm", "fast", "--dataset", NAME, "--window", "1",
+                           "--out", str(tmp_path / "q.json"))
+    assert code == 2 and "name one with --workload" in err

@@ -81,10 +81,12 @@ def datasets_show(args) -> int:
         print(f"windows {first}-{last}: domain {phase.get('domain', '?')}, {phase.get('stage', '?')}")
     for workload in m.get("workloads", []):
         print(f"workload {workload.get('name')}: {workload.get('description', workload.get('source_file', ''))}")
-    correlations = stats.get("rank_correlation_pairs") or {}
+    correlations = stats.get("rank_correlation_pairs")
+    correlations = correlations if isinstance(correlations, dict) else {}
     for plan, serve in m.get("pairs", []):
         value = correlations.get(f"{plan} -> {serve}")
-        print(f"pair: plan {plan} -> serve {serve}" + (f" (rank correlation {value:.2f})" if value is not None else ""))
+        shown = f" (rank correlation {value:.2f})" if isinstance(value, (int, float)) else ""
+        print(f"pair: plan {plan} -> serve {serve}{shown}")
     dropped = (m.get("source_layers") or {}).get("dropped")
     if dropped:
         print(f"layers dropped from the source's {m['source_layers'].get('count')}: {dropped} "

@@ -164,6 +164,8 @@ def placement_of(phy2log: torch.Tensor, num_logical: int) -> Placement:
     """
     phy2log = _check_tensor("phy2log", phy2log, 2)
     layers, replicas = phy2log.shape
+    if phy2log.numel() == 0:
+        raise PlacementError(f"phy2log has shape {tuple(phy2log.shape)}: no slots")
     if ((phy2log < 0) | (phy2log >= num_logical)).any():
         raise PlacementError(f"phy2log holds an expert id outside 0..{num_logical - 1}")
     logcnt = torch.zeros(layers, num_logical, dtype=torch.int64).scatter_add_(1, phy2log, torch.ones_like(phy2log))

@@ -30,6 +30,9 @@ SUMMARY_KEY = "summary"
 NON_NEGATIVE = ("runtime_ms", "runtime_ms_min", "runtime_ms_max", "runtime_ms_iqr", "balancedness_gpu",
                 "balancedness_gpu_insample", "balancedness_slot", "balancedness_slot_insample",
                 "balancedness_node", "internode_share", "migrated_replicas", "balancedness_ceiling")
+# Measurements that are shares or balancedness (mean over max): between 0 and 1.
+UNIT_INTERVAL = ("balancedness_gpu", "balancedness_gpu_insample", "balancedness_slot", "balancedness_slot_insample",
+                 "balancedness_node", "internode_share", "balancedness_ceiling")
 REQUIRED = ("algorithm", "dataset", "status")
 
 
@@ -231,8 +234,7 @@ def check_record(record: Record) -> None:
         raise RecordError(f"split must be one of {', '.join(SPLITS)}, got {record.split!r}")
     if record.protocol is not None and record.protocol not in PROTOCOLS:
         raise RecordError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {record.protocol!r}")
-    if (record.protocol == CROSS_WORKLOAD) != (record.plan_workload is not None and record.serve_workload is not None):
-        raise RecordError("plan_workload and serve_workload are given for the cross-workload protocol, and only there")
+    check_protocol_fields(record)
     if record.split == "heldout" and record.heldout_seed is None:
         raise RecordError("a held-out record needs an integer heldout_seed")
     for name, hint in FIELD_TYPES.items():
@@ -242,9 +244,27 @@ def check_record(record: Record) -> None:
         problem = _number_problem(value)
         if problem is None and name in NON_NEGATIVE and value < 0:
             problem = f"is negative ({value})"
+        if problem is None and name in UNIT_INTERVAL and value > 1 + 1e-9:   # rounding may pass 1 by an ulp
+            problem = f"is above 1 ({value})"
         if problem:
             raise RecordError(f"{name} {problem}")
     for name, value in (record.scores or {}).items():
         problem = None if value is None else _number_problem(value)
         if problem:
             raise RecordError(f"scores.{name} {problem}")
+
+
+def check_protocol_fields(record: Record) -> None:
+    """RecordError unless the workload pair is there exactly under cross-workload, and a
+    cross-workload record claims nothing that protocol cannot measure (one window
+    scored, no migration, no predictor)."""
+    paired = record.plan_workload is not None or record.serve_workload is not None
+    if record.protocol != CROSS_WORKLOAD:
+        if paired:
+            raise RecordError("plan_workload and serve_workload belong to the cross-workload protocol")
+        return
+    if not (record.plan_workload and record.serve_workload):
+        raise RecordError("a cross-workload record names its plan_workload and serve_workload")
+    if record.migrated_replicas is not None or record.windows_scored > 1 or record.predictor != "last":
+        raise RecordError("a cross-workload record scores one placement on one workload: no migration, "
+                          "one window, predictor last")

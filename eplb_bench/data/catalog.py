@@ -209,4 +209,6 @@ def workload_pairs(names: list[str], pairs: list[tuple[str, str]] | None) -> lis
                                    f"(workloads: {', '.join(names)})")
         if plan == serve:
             raise DatasetError(f"pair {plan}:{serve} plans and serves one workload (in-sample is always scored)")
+    if len(set(pairs)) != len(pairs):
+        raise DatasetError("a pair is named twice")
     return [[plan, serve] for plan, serve in pairs]

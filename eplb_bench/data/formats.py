@@ -14,6 +14,9 @@ import torch
 
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, DatasetError
 
+# Workload names: file stems that tables, plots and --pair PLAN:SERVE show as written.
+WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
 
 def check_windows(windows: np.ndarray, where: str, min_windows: int = 2) -> np.ndarray:
     """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads with at
@@ -477,6 +480,10 @@ def read_workloads(paths: list[Path]) -> tuple[np.ndarray, dict]:
             raise DatasetError(f"{path}: {COUNT_KEY} has shape {count.shape}, {paths[0]} has {counts[0].shape}")
         counts.append(count)
     names = [Path(path).stem for path in paths]
+    for name in names:
+        if not WORKLOAD_NAME.match(name):
+            raise DatasetError(f"{name!r}: a workload is named by its file's stem, which must be letters, digits, "
+                               "'.', '_' and '-' (rename the file)")
     if len(set(names)) != len(names):
         raise DatasetError(f"workload names (file names without extension) repeat: {', '.join(names)}")
     windows, layers = without_empty_layers(_counts_as_integers(np.stack(counts)), ", ".join(map(str, paths)))

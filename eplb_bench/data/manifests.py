@@ -14,7 +14,7 @@ import torch
 from eplb_bench.core.contract import Scenario, ScenarioError
 from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW, PROTOCOLS
 from eplb_bench.data.dataset import Dataset, DatasetError, _as_tensor
-from eplb_bench.data.formats import _positive_scalar, check_windows, load_npz
+from eplb_bench.data.formats import WORKLOAD_NAME, _positive_scalar, check_windows, load_npz
 
 
 def sha256_of(path: Path) -> str:
@@ -67,7 +67,33 @@ def read_manifest(path: Path) -> dict:
             raise DatasetError(f"{path}: malformed manifest (unknown routing key {key!r})")
         _positive_scalar(value, f"routing.{key}", path)
     check_protocol(manifest, path)
+    check_source_layers(manifest.get("source_layers"), path)
     return manifest
+
+
+def check_source_layers(layers, path) -> None:
+    """DatasetError unless "source_layers" (when present) gives a positive layer count and
+    distinct, sorted layer indices below it (the layers export puts back)."""
+    if layers is None:
+        return
+    count, dropped = layers.get("count"), layers.get("dropped")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DatasetError(f"{path}: malformed manifest (source_layers.count must be a positive integer)")
+    if not (isinstance(dropped, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in dropped)
+            and dropped == sorted(set(dropped)) and all(0 <= i < count for i in dropped)):
+        raise DatasetError(f"{path}: malformed manifest (source_layers.dropped must list distinct layers "
+                           f"0..{count - 1} in order)")
+
+
+def check_routing(routing, num_logical: int, path) -> None:
+    """DatasetError unless a manifest's routing is possible: groups that divide the
+    experts, no more chosen groups than groups or than top_k, and no more than top_k
+    experts than the chosen groups hold (so that an internode share is a share)."""
+    top_k = routing.get("top_k", 1)
+    groups, chosen = routing.get("num_groups", 1), routing.get("topk_groups", 1)
+    if top_k > num_logical or num_logical % groups or chosen > groups or chosen > top_k \
+            or top_k > chosen * (num_logical // groups):
+        raise DatasetError(f"{path}: impossible routing {routing} for {num_logical} experts")
 
 
 def check_protocol(manifest: dict, path) -> None:
@@ -87,6 +113,12 @@ def check_protocol(manifest: dict, path) -> None:
     names = [w["name"] for w in workloads]
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: workload names repeat")
+    for name in names:
+        if not WORKLOAD_NAME.match(name):
+            raise DatasetError(f"{path}: invalid workload name {name!r} (letters, digits, '.', '_' and '-')")
+    pairs = [tuple(pair) if isinstance(pair, list) else pair for pair in manifest.get("pairs", [])]
+    if len(set(map(str, pairs))) != len(pairs):
+        raise DatasetError(f"{path}: a pair is named twice")
     for pair in manifest.get("pairs", []):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
             raise DatasetError(f"{path}: malformed pair {pair!r} (expected [plan workload, serve workload])")
@@ -114,6 +146,12 @@ def load_manifest(path: Path) -> Dataset:
     windows = check_windows(windows, str(data_path), min_windows=1 if static else 2)
     if static and windows.shape[0] != len(manifest["workloads"]):
         raise DatasetError(f"{path}: {windows.shape[0]} windows for {len(manifest['workloads'])} workloads")
+    layers = manifest.get("source_layers")
+    if layers is not None and layers["count"] - len(layers["dropped"]) != windows.shape[1]:
+        raise DatasetError(f"{path}: source_layers ({layers['count']} less {len(layers['dropped'])} dropped) "
+                           f"do not match the data's {windows.shape[1]} layers")
+    if "routing" in manifest:
+        check_routing(manifest["routing"], windows.shape[2], path)
     if windows.shape[2] % num_groups:
         raise DatasetError(f"{path}: {windows.shape[2]} experts do not divide into {num_groups} groups")
     return Dataset(
