@@ -247,7 +247,14 @@ def test_cross_workload_run_resumes_and_ranks_pairs_as_scenarios(tmp_path, capsy
     assert "0 job(s) to run" in err
     code, _, err = run_cli(capsys, "run", "--datasets", "two", "--algorithms", "fast", "--predictor", "ema:0.5",
                            "--quiet", "--json")
-    assert code == 0 and "does not apply to two" in err
+    assert code == 2 and "every dataset named holds static workloads" in err
+    code, stdout, err = run_cli(capsys, "run", "--datasets", "two,mixtral-8x7b", "--algorithms", "fast",
+                                "--predictor", "ema:0.5", "--quiet", "--json")
+    assert code == 0 and "does not apply to two" in err and "left out" in err
+    assert {json.loads(line)["dataset"] for line in stdout.splitlines()} == {"mixtral-8x7b"}
+    code, stdout, _ = run_cli(capsys, "run", "--datasets", "two,mixtral-8x7b", "--algorithms", "fast", "--quiet")
+    standing = stdout[stdout.index("Standings"):]
+    assert "fast [" not in standing and "5/5" in standing, "both protocols' records make one entry per balancer"
     records = read_results([out]).records
     markdown = leaderboard_markdown(records, "adrs_leaderboard")
     assert "plan short → serve long" in markdown and "short in-sample" in markdown and "GPU bal. served" in markdown

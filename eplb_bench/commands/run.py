@@ -71,11 +71,14 @@ def command_run(args) -> int:
     override = scenario_override(args)
     static = [dataset.name for dataset in datasets if dataset.protocol == CROSS_WORKLOAD]
     if static and predictor != Predictor():
+        # Run with the plain plan, they would make a second standings entry of every balancer.
         warn(f"--predictor {args.predictor} does not apply to {', '.join(static)} (static workloads, "
-             f"{CROSS_WORKLOAD} protocol): they plan on the workload itself")
+             f"{CROSS_WORKLOAD} protocol): left out")
+        datasets = [dataset for dataset in datasets if dataset.protocol != CROSS_WORKLOAD]
+        if not datasets:
+            raise UsageError(f"--predictor {args.predictor}: every dataset named holds static workloads")
     jobs = [
-        Job(info, dataset, scenario, device, predictor if dataset.protocol != CROSS_WORKLOAD else Predictor(),
-            migration=not args.no_migration)
+        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
         for dataset in datasets
         for scenario in scenarios_for(dataset, override)
         for info in algorithms

@@ -105,14 +105,16 @@ class Record:
 
     def scenario_key(self) -> tuple:
         """The scenario measured: dataset (name and hash), scenario name and shape,
-        workload pair, device, split and held-out seed. Records of one scenario are ranked together."""
+        workload pair, window length (part of the data: None for static workloads), device,
+        split and held-out seed. Records of one scenario are ranked together."""
         return (self.dataset, self.data_sha256, self.scenario, self.num_replicas, self.num_groups, self.num_nodes,
-                self.num_gpus, self.plan_workload, self.serve_workload, self.device, self.split, self.heldout_seed)
+                self.num_gpus, self.plan_workload, self.serve_workload, self.window_steps, self.device, self.split,
+                self.heldout_seed)
 
     def balancer_key(self) -> tuple:
         """The balancer measured and the settings that change what it is asked: name,
-        source hash, predictor, migration, window length."""
-        return (self.algorithm, self.source_hash, self.predictor, self.migration, self.window_steps)
+        source hash, predictor, migration. One entry of the standings."""
+        return (self.algorithm, self.source_hash, self.predictor, self.migration)
 
     def identity(self) -> tuple:
         """What names one measurement (see the module docstring)."""

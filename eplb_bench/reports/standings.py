@@ -94,14 +94,14 @@ def scenario_heading(record: Record) -> str:
 
 def entry_labels(records: Iterable[Record]) -> dict[tuple, str]:
     """balancer_key -> the entry's label: its name, plus what tells it apart from other
-    entries of the same name (source hash, predictor, migration, window length)."""
+    entries of the same name (source hash, predictor, migration)."""
     keys = sorted({r.balancer_key() for r in records}, key=lambda key: tuple(map(str, key)))
     labels = {}
     for name, same in groupby(keys, key=lambda key: key[0]):
         same = list(same)
         varies = [len({key[i] for key in same}) > 1 for i in range(len(same[0]))]
         for key in same:
-            _, source_hash, predictor, migration, window_steps = key
+            _, source_hash, predictor, migration = key
             label = str(name)
             if varies[1]:
                 label += f"@{str(source_hash)[:HASH_DIGITS] if source_hash else 'unhashed'}"
@@ -109,8 +109,6 @@ def entry_labels(records: Iterable[Record]) -> dict[tuple, str]:
                 label += f" [{predictor}]"
             if varies[3]:
                 label += " [migration]" if migration else " [no migration]"
-            if varies[4]:
-                label += f" [window {window_steps}]"
             labels[key] = label
     return labels
 
