@@ -157,13 +157,18 @@ def test_import_of_several_files_makes_a_collection_with_its_pairs(tmp_path, cap
      ({"workloads": [{"name": "a"}], "pairs": []}, "2 windows for 1 workloads")],
 )
 def test_malformed_collection_manifests_are_refused(tmp_path, change, message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_dataset(changed_collection(tmp_path, change))
+
+
+def changed_collection(tmp_path: Path, change: dict) -> Path:
+    """A two-workload collection imported into tmp_path, its manifest then changed."""
     import_dataset([location_file(tmp_path / "a.json", [[1, 2]]), location_file(tmp_path / "b.json", [[2, 1]])],
                    "pair", directory=tmp_path, num_groups=1, scenarios=[Scenario(2, 1, 1, 1)])
     manifest = json.loads((tmp_path / "pair.json").read_text())
     manifest.update(change)
     (tmp_path / "pair.json").write_text(json.dumps(manifest))
-    with pytest.raises(DatasetError, match=message):
-        load_dataset(tmp_path / "pair.json")
+    return tmp_path / "pair.json"
 
 
 # ---------------------------------------------------------------- the protocol
@@ -415,13 +420,8 @@ def test_a_child_that_times_out_on_one_workload_is_replaced_for_the_next(tmp_pat
      ({"pairs": [["a", "b"], ["a", "b"]]}, "a pair is named twice")],
 )
 def test_manifests_that_would_mislead_export_or_scoring_are_refused(tmp_path, change, message):
-    import_dataset([location_file(tmp_path / "a.json", [[1, 2]]), location_file(tmp_path / "b.json", [[2, 1]])],
-                   "pair", directory=tmp_path, num_groups=1, scenarios=[Scenario(2, 1, 1, 1)])
-    manifest = json.loads((tmp_path / "pair.json").read_text())
-    manifest.update(change)
-    (tmp_path / "pair.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match=re.escape(message)):
-        load_dataset(tmp_path / "pair.json")
+        load_dataset(changed_collection(tmp_path, change))
 
 
 def test_workload_names_and_pairs_are_checked_at_import(tmp_path):
