@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from eplb_bench.data.catalog import load_dataset
-from eplb_bench.data.loadstats import LAYER_FIGURES, PERCENTILES, layer_figure_percentiles, rank_correlation
+from eplb_bench.data.loadstats import (
+    LAYER_FIGURES,
+    PERCENTILES,
+    contiguous_gpu_imbalance,
+    layer_figure_percentiles,
+    max_over_mean,
+    rank_correlation,
+)
 
 TOLERANCE = 0.10
 
@@ -54,3 +61,16 @@ def test_decode_shift_agrees_with_the_real_prefill_to_decode_correlation():
     start = decode["windows"][0]
     windows = synthetic.windows.numpy()
     assert min(measured) <= rank_correlation(windows[start - 1], windows[start]) <= max(measured) + 0.02
+
+
+def test_popular_experts_cluster_in_groups_as_in_the_real_loads():
+    # Real layers' 8 group loads are far less even than a random order of their experts
+    # gives; group_spread reproduces it (the hierarchical policy's burden on real loads).
+    def group_imbalance(dataset):
+        windows = prefill_windows(dataset).astype(float)
+        return float(np.median(max_over_mean(windows.reshape(*windows.shape[:-1], 8, 32).sum(-1))))
+
+    real, synthetic = load_dataset("deepseek-v3-sglang"), load_dataset("deepseek-v3")
+    assert group_imbalance(synthetic) == pytest.approx(group_imbalance(real), rel=TOLERANCE)
+    contiguous = [float(np.median(contiguous_gpu_imbalance(prefill_windows(d).astype(float), 32))) for d in (real, synthetic)]
+    assert contiguous[1] == pytest.approx(contiguous[0], rel=TOLERANCE)

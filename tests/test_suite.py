@@ -69,7 +69,11 @@ def test_deepseek_v3_one_step_gpu_imbalance_at_ep32():
     per_step = contiguous_gpu_imbalance(steps, 32).mean(-1)
     assert 2.56 * 0.9 <= per_step.mean() <= 2.56 * 1.1
     window = contiguous_gpu_imbalance(windows_of("deepseek-v3")[0], 32).mean()
-    assert 1.3 <= per_step.mean() / window <= 1.8, "one step should be about 1.5x the aggregate"
+    # The real DeepSeek-V3 aggregates (deepseek-v3-sglang) are at 2.0-2.3 on their own, so the
+    # published step figure is 1.1-1.3x the aggregate for this model, not the 1.5-1.7x
+    # measured on Qwen3: both DeepSeek figures are kept, the ratio follows from them.
+    assert 2.0 <= window <= 2.3
+    assert 1.1 <= per_step.mean() / window <= 1.4
 
 
 @pytest.mark.parametrize("name", ["qwen3-235b", "qwen3-30b"])

@@ -62,11 +62,11 @@ SUITE: dict[str, SuiteEntry] = {
     for entry in [
         SuiteEntry(
             "deepseek-v3", "DeepSeek-V3 / R1",
-            # Per-layer skew and decode shift calibrated to the real deepseek-v3-sglang loads (the
+            # Per-layer skew, group clustering and decode shift calibrated to the real deepseek-v3-sglang loads (the
             # figures: docs/datasets.md; tests/test_calibration.py holds them).
-            SyntheticSpec(58, 256, 8, routing_groups=8, topk_groups=4, logit_spread=0.61, hot_layer_share=0.0,
-                          spread_sigma=0.19, score_skew=0.17, hot_expert_gap=0.25, drift=0.1,
-                          decode_correlation=0.93, concentration=132.0, phases=SUITE_PHASES, seed=3001),
+            SyntheticSpec(58, 256, 8, routing_groups=8, topk_groups=4, logit_spread=0.58, hot_layer_share=0.0,
+                          spread_sigma=0.19, score_skew=0.17, hot_expert_gap=0.25, group_spread=0.45, drift=0.1,
+                          decode_correlation=0.93, concentration=200.0, phases=SUITE_PHASES, seed=3001),
             8,
             (_scenario("prefill EP32", 288, 8, 4, 32), _scenario("decode EP144", 288, 8, 18, 144)),
             "one step at EP32, contiguous, no redundancy: GPU max/mean ~2.56 (TensorRT-LLM blog); per-layer "

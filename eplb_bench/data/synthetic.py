@@ -8,6 +8,8 @@ The model, one idea per function below:
   are pushed far down;
 - tail shape: with `score_skew`, the scores bend lognormal-wise before the spread
   (a longer top, a shallower bottom);
+- groups: with `group_spread`, each domain's scores share an offset per routing group,
+  so that popular experts cluster in popular groups (the layer's score distribution stays);
 - hot expert: with `hot_expert_gap`, each layer's best expert sits a logit gap above its
   second, exponential of that mean across layers: from two tied hottest experts to one
   far hotter expert (the expert max/mean tail) at a similar Gini;
@@ -68,6 +70,7 @@ class SyntheticSpec:
     spread_sigma: float = 0.0
     score_skew: float = 0.0
     hot_expert_gap: float = 0.0
+    group_spread: float = 0.0
     idle_share: float = 0.0
     drift: float = 0.15
     decode_correlation: float = 0.65
@@ -252,6 +255,20 @@ def step_loads(rng: np.random.Generator, shares: np.ndarray, routed: int, concen
     return rng.multinomial(routed, draw)
 
 
+def group_offsets(rng: np.random.Generator, spec: SyntheticSpec) -> np.ndarray | float:
+    """[L, E] score offsets shared by the experts of each routing group: `group_spread`
+    times a normal draw per (layer, group); 0 when group_spread is 0 (nothing drawn).
+
+    Added before standardizing, they leave each layer's score distribution as it was
+    and only cluster the popular experts into popular groups, as real layers do (their
+    group loads are far less even than a random order of the same experts gives).
+    """
+    if not spec.group_spread or spec.routing_groups <= 1:
+        return 0.0
+    per_group = rng.normal(size=(spec.num_layers, spec.routing_groups))
+    return spec.group_spread * np.repeat(per_group, spec.num_logical // spec.routing_groups, axis=1)
+
+
 def phase_scores(rng: np.random.Generator, spec: SyntheticSpec) -> list[np.ndarray]:
     """Standardized [L, E] expert scores at the start of each phase.
 
@@ -263,7 +280,7 @@ def phase_scores(rng: np.random.Generator, spec: SyntheticSpec) -> list[np.ndarr
     starts = []
     for phase in spec.phases:
         if phase.domain not in domains:
-            domains[phase.domain] = standardized(rng.normal(size=shape))
+            domains[phase.domain] = standardized(rng.normal(size=shape) + group_offsets(rng, spec))
         base = domains[phase.domain]
         if phase.stage == "decode":
             rho = spec.decode_correlation
