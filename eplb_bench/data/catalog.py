@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 
 from eplb_bench.core.contract import Scenario, ScenarioError
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, Dataset, DatasetError, _as_tensor, _default_scenarios, default_groups
-from eplb_bench.core.record import CROSS_WORKLOAD
-from eplb_bench.data.formats import check_windows, holds_one_aggregate, read_loads, read_workloads
-from eplb_bench.data.manifests import load_manifest, sha256_of, write_dataset_files
+from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW
+from eplb_bench.data.formats import SAFE_NAME, check_windows, holds_one_aggregate, read_loads, read_workloads
+from eplb_bench.data.manifests import check_pairs, load_manifest, sha256_of, write_dataset_files
 
 
 def datasets_dir() -> Path:
@@ -88,7 +87,7 @@ def load_dataset(name_or_path: str | Path, window_steps: int = DEFAULT_WINDOW_ST
         return load_manifest(path)
     windows, meta = read_loads(path, window_steps)
     steps_per_window = meta.get("window_steps")
-    windows = check_windows(windows, str(path), min_windows=1 if meta.get("protocol") == CROSS_WORKLOAD else 2)
+    windows = check_windows(windows, str(path), meta.get("protocol", NEXT_WINDOW))
     num_groups = meta.get("num_groups") or default_groups(windows.shape[2])
     if windows.shape[2] % num_groups:
         raise DatasetError(f"{path}: {windows.shape[2]} experts do not divide into {num_groups} groups")
@@ -113,8 +112,6 @@ def _looks_like_manifest(path: Path) -> bool:
         return False
     return isinstance(document, dict) and "file" in document and "load_history" not in document
 
-
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def import_dataset(
@@ -143,7 +140,7 @@ def import_dataset(
     sources = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(path) for path in paths]
     if name in shipped_names() and directory != datasets_dir():
         raise DatasetError(f"{name!r} is the name of a shipped dataset; choose another")
-    if not DATASET_NAME.match(name):
+    if not SAFE_NAME.match(name):
         raise DatasetError(f"invalid dataset name {name!r} (letters, digits, '.', '_' and '-')")
     if (directory / f"{name}.json").exists() and not force:
         raise DatasetError(f"dataset {name!r} already exists in {directory} (use --force to replace it)")
@@ -157,7 +154,7 @@ def import_dataset(
     if len(sources) > 1 or holds_one_aggregate(sources[0]):
         windows, meta = read_workloads(sources)
         meta["pairs"] = workload_pairs([w["name"] for w in meta["workloads"]], pairs)
-        windows = check_windows(windows, ", ".join(map(str, sources)), min_windows=1)
+        windows = check_windows(windows, ", ".join(map(str, sources)), CROSS_WORKLOAD)
     else:
         if pairs:
             raise DatasetError("pairs belong to collections of static workloads (SGLang logical_count files)")
@@ -198,17 +195,9 @@ def import_dataset(
 
 
 def workload_pairs(names: list[str], pairs: list[tuple[str, str]] | None) -> list[list[str]]:
-    """The (plan, serve) pairs of a collection: `pairs` checked against `names`, or
-    every ordered pair of distinct workloads when None."""
+    """The (plan, serve) pairs of a collection: `pairs` checked against `names`
+    (manifests.check_pairs), or every ordered pair of distinct workloads when None."""
     if pairs is None:
         return [[plan, serve] for plan in names for serve in names if plan != serve]
-    for plan, serve in pairs:
-        for workload in (plan, serve):
-            if workload not in names:
-                raise DatasetError(f"pair {plan}:{serve} names unknown workload {workload!r} "
-                                   f"(workloads: {', '.join(names)})")
-        if plan == serve:
-            raise DatasetError(f"pair {plan}:{serve} plans and serves one workload (in-sample is always scored)")
-    if len(set(pairs)) != len(pairs):
-        raise DatasetError("a pair is named twice")
+    check_pairs(pairs, names)
     return [[plan, serve] for plan, serve in pairs]

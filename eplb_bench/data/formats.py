@@ -12,16 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, DatasetError
 
-# Workload names: file stems that tables, plots and --pair PLAN:SERVE show as written.
-WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names of datasets and workloads: file names that tables, plots, paths and --pair
+# PLAN:SERVE show as written.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Windows a dataset needs: a load history plans on one and scores on the next.
+MIN_WINDOWS = {NEXT_WINDOW: 2, CROSS_WORKLOAD: 1}
 
 
-def check_windows(windows: np.ndarray, where: str, min_windows: int = 2) -> np.ndarray:
-    """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads with at
-    least `min_windows` windows (2 for a load history: plan on one, score on the next;
-    1 for static workloads)."""
+def check_windows(windows: np.ndarray, where: str, protocol: str = NEXT_WINDOW) -> np.ndarray:
+    """Raise DatasetError unless `windows` is a usable [W, L, E] array of loads with the
+    windows `protocol` needs (MIN_WINDOWS)."""
+    min_windows = MIN_WINDOWS.get(protocol, MIN_WINDOWS[NEXT_WINDOW])
     if windows.ndim != 3:
         raise DatasetError(f"{where}: loads have shape {windows.shape}, expected [windows, layers, experts]")
     if min(windows.shape) < 1:
@@ -241,9 +245,8 @@ def load_sglang_dump(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> np
     counts = document.get("logical_count") if isinstance(document, dict) else None
     if not isinstance(counts, torch.Tensor):
         raise DatasetError(f"{path}: expected a dict with a 'logical_count' tensor (SGLang expert distribution dump)")
-    if counts.layout == torch.strided and expanded(counts):
-        raise DatasetError(f"{path}: logical_count is an expanded view ({counts.numel()} values over a smaller "
-                           "storage); save it with .contiguous()")
+    if counts.layout == torch.strided:
+        refuse_expanded(counts, path, "logical_count")
     try:
         counts = counts.detach().to_dense().double().numpy()
     except (RuntimeError, TypeError) as exc:
@@ -371,9 +374,7 @@ def _numbers(value, path: Path, key: str, ndims: tuple[int, ...]) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         if value.dtype.is_complex or value.dtype == torch.bool or value.layout != torch.strided:
             raise DatasetError(f"{path}: {key} is a {value.dtype} {value.layout} tensor, expected real numbers")
-        if expanded(value):
-            raise DatasetError(f"{path}: {key} is an expanded view ({value.numel()} values over a smaller "
-                               "storage); save it with .contiguous()")
+        refuse_expanded(value, path, key)
         if value.numel() > MAX_LOCATION_VALUES:
             raise DatasetError(f"{path}: {key} has {value.numel()} values, more than {MAX_LOCATION_VALUES}")
         try:
@@ -481,13 +482,13 @@ def read_workloads(paths: list[Path]) -> tuple[np.ndarray, dict]:
         counts.append(count)
     names = [Path(path).stem for path in paths]
     for name in names:
-        if not WORKLOAD_NAME.match(name):
+        if not SAFE_NAME.match(name):
             raise DatasetError(f"{name!r}: a workload is named by its file's stem, which must be letters, digits, "
                                "'.', '_' and '-' (rename the file)")
     if len(set(names)) != len(names):
         raise DatasetError(f"workload names (file names without extension) repeat: {', '.join(names)}")
     windows, layers = without_empty_layers(_counts_as_integers(np.stack(counts)), ", ".join(map(str, paths)))
-    meta = {"format": SGLANG_LOCATION, "protocol": "cross-workload", "window_steps": None,
+    meta = {"format": SGLANG_LOCATION, "protocol": CROSS_WORKLOAD, "window_steps": None,
             "workloads": [{"name": name, "source_file": Path(path).name} for name, path in zip(names, paths)],
             "source_layers": layers}
     return windows, meta
@@ -512,10 +513,12 @@ def holds_one_aggregate(path: Path) -> bool:
         return False   # the format's own reader says what is wrong
 
 
-def expanded(tensor: torch.Tensor) -> bool:
-    """Whether a tensor holds more values than its storage (stride-0 or overlapping views:
-    a file of a few bytes that would convert to gigabytes)."""
-    return tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes()
+def refuse_expanded(tensor: torch.Tensor, path: Path, key: str) -> None:
+    """DatasetError when a tensor holds more values than its storage (a stride-0 or
+    overlapping view: a file of a few bytes that would convert to gigabytes)."""
+    if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+        raise DatasetError(f"{path}: {key} is an expanded view ({tensor.numel()} values over a smaller "
+                           "storage); save it with .contiguous()")
 
 
 def read_loads(path: Path, window_steps: int = DEFAULT_WINDOW_STEPS) -> tuple[np.ndarray, dict]:

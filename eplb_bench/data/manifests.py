@@ -14,7 +14,7 @@ import torch
 from eplb_bench.core.contract import Scenario, ScenarioError
 from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW, PROTOCOLS
 from eplb_bench.data.dataset import Dataset, DatasetError, _as_tensor
-from eplb_bench.data.formats import WORKLOAD_NAME, _positive_scalar, check_windows, load_npz
+from eplb_bench.data.formats import SAFE_NAME, _positive_scalar, check_windows, load_npz
 
 
 def sha256_of(path: Path) -> str:
@@ -114,19 +114,26 @@ def check_protocol(manifest: dict, path) -> None:
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: workload names repeat")
     for name in names:
-        if not WORKLOAD_NAME.match(name):
+        if not SAFE_NAME.match(name):
             raise DatasetError(f"{path}: invalid workload name {name!r} (letters, digits, '.', '_' and '-')")
-    pairs = [tuple(pair) if isinstance(pair, list) else pair for pair in manifest.get("pairs", [])]
-    if len(set(map(str, pairs))) != len(pairs):
-        raise DatasetError(f"{path}: a pair is named twice")
-    for pair in manifest.get("pairs", []):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
-            raise DatasetError(f"{path}: malformed pair {pair!r} (expected [plan workload, serve workload])")
+    check_pairs(manifest.get("pairs", []), names, f"{path}: ")
+
+
+def check_pairs(pairs: list, names: list[str], where: str = "") -> None:
+    """DatasetError (its message led by `where`) unless every pair is [plan, serve]: two
+    distinct workloads of `names`, and no pair named twice. In-sample is always scored."""
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+            raise DatasetError(f"{where}malformed pair {pair!r} (expected [plan workload, serve workload])")
+        plan, serve = pair
         unknown = [n for n in pair if n not in names]
         if unknown:
-            raise DatasetError(f"{path}: pair {pair!r} names unknown workload {unknown[0]!r}")
-        if pair[0] == pair[1]:
-            raise DatasetError(f"{path}: pair {pair!r} plans and serves one workload (in-sample is always scored)")
+            raise DatasetError(f"{where}pair {plan}:{serve} names unknown workload {unknown[0]!r} "
+                               f"(workloads: {', '.join(names)})")
+        if plan == serve:
+            raise DatasetError(f"{where}pair {plan}:{serve} plans and serves one workload (in-sample is always scored)")
+    if len({tuple(pair) for pair in pairs}) != len(pairs):
+        raise DatasetError(f"{where}a pair is named twice")
 
 
 def load_manifest(path: Path) -> Dataset:
@@ -143,7 +150,7 @@ def load_manifest(path: Path) -> Dataset:
         raise DatasetError(f"{path}: {data_path.name} does not match the manifest's sha256 (see eplb-bench datasets verify)")
     windows, _ = load_npz(data_path)
     static = manifest.get("protocol") == CROSS_WORKLOAD
-    windows = check_windows(windows, str(data_path), min_windows=1 if static else 2)
+    windows = check_windows(windows, str(data_path), manifest.get("protocol", NEXT_WINDOW))
     if static and windows.shape[0] != len(manifest["workloads"]):
         raise DatasetError(f"{path}: {windows.shape[0]} windows for {len(manifest['workloads'])} workloads")
     layers = manifest.get("source_layers")
