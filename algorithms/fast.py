@@ -6,17 +6,17 @@ swap rounds only):
 1. Policy, per layer, where the scenario allows DeepSeek's hierarchical policy.
    Whole expert groups are packed onto nodes. A layer keeps that grouping when its
    heaviest node carries at most `locality_tolerance` more than the mean node
-   load; otherwise its experts are dealt out one by one over the nodes. Keeping
-   groups whole keeps a token's dispatch to the few nodes of its groups (see
-   `internode_share`); spreading buys balance where one group dominates. Either
-   way each node's experts then share the node's slots.
-2. Replica counts: the seed's rule (D'Hondt for 90% of the extra replicas,
-   weight / (2c - 1) for the rest), computed exactly from a few ranked candidates.
+   load, and its experts then share their node's slots; any other layer is placed
+   as in the global policy, over all GPUs at once. Keeping groups whole keeps a
+   token's dispatch to the few nodes of its groups (see `internode_share`);
+   spreading buys balance. `fast_spread` spreads every layer.
+2. Replica counts: Sainte-Laguë (weight / (c - 1/2)), or D'Hondt (weight / c) in
+   rows where Sainte-Laguë's heaviest replica would raise the floor of the peak
+   GPU load; computed exactly from a few ranked candidates.
 3. Packing: sorted rounds (every round gives each GPU one replica, the heaviest of
-   the round to the lightest GPU; a round's first replica does not join the copy of
-   its own expert that ended the round before), then, in the global policy, rounds
-   of swaps between the i-th heaviest and the i-th lightest GPU, each the swap that
-   evens the pair out best. Inside the nodes of the hierarchical policy the sorted
+   the round to the lightest GPU), then, in the global policy, rounds of swaps
+   between the i-th heaviest and the i-th lightest GPU, each the swap that evens
+   the pair out best. Where the scenario allows the hierarchical policy the sorted
    rounds stand alone unless there are no extra slots.
 4. With `prev_phy2log`: nodes and GPUs are renumbered to follow the previous
    placement and replicas that stay on a GPU keep their slots; with
@@ -25,8 +25,9 @@ swap rounds only):
 
 On the CPU the sorts go through NumPy (a sort of packed integer keys for long rows,
 argsort for short ones, a radix sort for expert numbers), several times faster than
-torch's CPU sort at these sizes, and so do the packing rounds (deal_rounds serves NumPy
-arrays and torch tensors alike); on CUDA the same steps run as torch operations.
+torch's CPU sort at these sizes, and so do the packing rounds; on CUDA the same steps
+run as torch operations, and a call without prev_phy2log never waits for the device
+(no data-dependent branch; log2phy is R - E + 1 wide).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import numpy as np
 import torch
 
 from eplb_bench import register
-
-from .hybrid_replication import sainte_lague_tail
 
 LOCALITY_TOLERANCE = 0.05
 REFINE_ROUNDS = 2
@@ -48,9 +47,10 @@ REPAIR_ROUNDS = 8
 REPAIR_PAIRS = 4
 # Swaps per round: between the i-th heaviest and i-th lightest bin, i < this.
 PAIRS_PER_ROUND = 2
-# Experts of spread layers are dealt to nodes in sorted rounds, the nodes re-sorted
-# at most this many times.
-NODE_SORTS = 16
+# The next replica of an expert with c replicas has priority weight / (c - SAINTE_LAGUE).
+SAINTE_LAGUE = 0.5
+# locality_tolerance that spreads every layer (fast_spread).
+SPREAD_ALWAYS = float("-inf")
 
 
 def order_of_keys(keys: np.ndarray) -> torch.Tensor:
@@ -133,112 +133,87 @@ def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: 
     return counts.scatter_add(1, expert.gather(1, chosen), torch.ones_like(chosen, dtype=counts.dtype))
 
 
-def replica_counts(weight: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """The seed's replica counts (step 2), computed exactly without a loop over slots.
+def replica_counts(weight: torch.Tensor, num_slots: int, num_bins: int) -> torch.Tensor:
+    """Replica counts by Sainte-Laguë (the next replica of an expert with c has priority
+    weight / (c - 1/2)), except in rows where that would raise the floor of the peak
+    bin load, max(mean bin load, heaviest replica): there D'Hondt (weight / c), which
+    makes the heaviest replica as light as it can be.
+
+    Sainte-Laguë hands replicas to more experts than D'Hondt and plans better for the
+    next window wherever replicas are small next to a bin's share (see docs/fast.md);
+    with few slots per bin a heavy replica sets the peak, and D'Hondt's lighter one wins.
 
     Args:
-        weight: [B, n], rows with positive sums.
+        weight: [B, n], rows with positive sums; num_slots >= n.
     Returns:
         [B, n] int64 counts, each row summing to num_slots.
     """
+    ones = torch.ones_like(weight)
     num_extra = num_slots - weight.shape[1]
-    counts = torch.ones_like(weight)
-    if num_extra > 0:
-        tail = sainte_lague_tail(num_extra)
-        counts = top_replicas(weight, counts, num_extra - tail, 0.0, fresh=True)
-        # weight / (2c - 1) ranks like weight / (c - 0.5).
-        counts = top_replicas(weight, counts, tail, 0.5, fresh=num_extra == tail)
-    return counts.to(torch.int64)
+    if num_extra <= 0:
+        return ones.to(torch.int64)
+    counts = top_replicas(weight, ones, num_extra, SAINTE_LAGUE, fresh=True)
+    mean_bin = weight.sum(-1) / num_bins
+    heavy = (weight / counts).max(-1).values > mean_bin
+    if weight.device.type == "cpu":  # D'Hondt only for the rows that may need it
+        rows = heavy.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return counts.to(torch.int64)
+        part = weight.index_select(0, rows)
+        dhondt = top_replicas(part, ones[: rows.numel()], num_extra, 0.0, fresh=True)
+        floor_dhondt = torch.maximum((part / dhondt).max(-1).values, mean_bin[rows])
+        raised = (part / counts[rows]).max(-1).values > floor_dhondt
+        counts[rows] = torch.where(raised.unsqueeze(-1), dhondt, counts[rows])
+        return counts.to(torch.int64)
+    dhondt = top_replicas(weight, ones, num_extra, 0.0, fresh=True)     # no data-dependent branch on CUDA
+    floor_dhondt = torch.maximum((weight / dhondt).max(-1).values, mean_bin)
+    raised = heavy & ((weight / counts).max(-1).values > floor_dhondt)
+    return torch.where(raised.unsqueeze(-1), dhondt, counts).to(torch.int64)
 
 
-def pack_in_rounds(loads: torch.Tensor, num_bins: int, block: int = 1,
-                   labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Sorted rounds: each round gives every bin one item, the heaviest to the lightest bin.
-
-    With `block` > 1 the bins are re-sorted only every `block` rounds and dealt in
-    snake order (lightest first, then the reverse) in between. With `labels` (the
-    expert of each replica), a round that would start by putting a replica on the
-    bin that took a copy of the same expert at the end of the round before puts it
-    on the next bin instead: the bin that took the last, lightest item of a round is
-    often the lightest one next, and two copies of an expert on one GPU act as one.
-
-    Args:
-        loads: [B, m] item loads, m a multiple of num_bins; labels: [B, m] or None.
-    Returns:
-        [B, m] int64: the item at each position; bin b holds positions
-        b * (m / num_bins) onwards.
-    """
-    rows, num_items = loads.shape
-    per_bin = num_items // num_bins
-    device = loads.device
-    heaviest_first = descending_order(loads)
-    ranked = loads.gather(1, heaviest_first)                   # round r: columns r * num_bins onwards
-    follows_copy = None
-    if labels is not None and num_bins > 1 and block == 1:
-        ranked_labels = labels.gather(1, heaviest_first).view(rows, per_bin, num_bins)
-        follows_copy = ranked_labels[:, 1:, 0] == ranked_labels[:, :-1, -1]        # [B, rounds - 1]
-    if device.type == "cpu":  # NumPy runs these small steps with several times less overhead
-        bins = torch.from_numpy(deal_rounds(ranked.numpy(), num_bins, block,
-                                            None if follows_copy is None else follows_copy.numpy()))
-    else:
-        bins = deal_rounds(ranked, num_bins, block, follows_copy)
-    position = bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)
-    return torch.empty_like(heaviest_first).scatter_(1, position.view(rows, num_items), heaviest_first)
+def lightest_bins(loads):
+    """loads: [B, k] NumPy array -> [B, k] bins, lightest first, ties by index."""
+    if loads.shape[-1] <= 32:
+        return np.argsort(loads, axis=-1, kind="stable")
+    keys = np.ascontiguousarray(loads, dtype=np.float32).view(np.int32).astype(np.int64)
+    return order_of_keys(keys).numpy()
 
 
-def deal_rounds(ranked, num_bins: int, block: int, follows_copy):
-    """The bins of pack_in_rounds' rounds, on NumPy arrays or on torch tensors alike.
+def deal_sorted(ranked: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Sorted rounds: round r deals items r * num_bins onwards (heaviest first), the
+    heaviest to the lightest bin so far; round 0 gives bin b item b.
 
     Args:
-        ranked: [B, m] float item loads, heaviest first; round r is columns
-            r * num_bins onwards.
-        follows_copy: [B, rounds - 1] bool, True where round r + 1 starts with a copy
-            of the expert that ended round r; or None (no such check).
+        ranked: [B, m] non-negative item loads, heaviest first; m a multiple of num_bins.
     Returns:
-        [B, rounds, num_bins] int64: the bin of each item.
+        [B, m] int64: the item (a column of ranked) at each position; bin b holds
+        positions b * (m / num_bins) onwards.
     """
-    on_numpy = isinstance(ranked, np.ndarray)
-    xp = np if on_numpy else torch
     rows, num_items = ranked.shape
     per_bin = num_items // num_bins
-
-    def table(values):
-        return np.array(values, dtype=np.int64) if on_numpy else torch.tensor(values, device=ranked.device)
-
-    reverse = table(list(range(num_bins - 1, -1, -1)))
-    first_two_swapped = table([1, 0] + list(range(2, num_bins)))
-    check_rounds = [False] * per_bin
-    if follows_copy is not None:
-        check_rounds = [False] + follows_copy.any(0).tolist()   # rounds where some row needs the check
-    # What each block of rounds adds to the bins, by sorted position (rounds of a block
-    # go lightest first, then the reverse: snake order). The last block adds nothing.
-    adding_blocks = max(-(-(per_bin - 1) // block) - 1, 0)
-    added = ranked[:, num_bins:num_bins * (1 + adding_blocks * block)].reshape(rows, adding_blocks, block * num_bins)
-    if block > 1:
-        snake = table([step * num_bins + (p if step % 2 == 0 else num_bins - 1 - p)
-                       for step in range(block) for p in range(num_bins)])
-        added = added[:, :, snake].reshape(rows, adding_blocks, block, num_bins).sum(2)
-    dealt = [xp.zeros_like(ranked[:, :num_bins], dtype=xp.int64) + table(list(range(num_bins)))]
-    bin_load = ranked[:, :num_bins] + 0
-    if on_numpy:
-        row_start = (np.arange(rows) * num_bins)[:, None]
-    for index, start in enumerate(range(1, per_bin, block)):
-        order = np.argsort(bin_load, axis=-1, kind="stable") if on_numpy else lightest_first(bin_load)
-        stop = min(per_bin, start + block)
-        if check_rounds[start]:
-            clash = follows_copy[:, start - 1:start] & (order[:, :1] == dealt[-1][:, -1:])
-            order = xp.where(clash, order[:, first_two_swapped], order)
-        if block > 1:
-            reversed_order = order[:, reverse]
-            dealt.extend(order if step % 2 == 0 else reversed_order for step in range(stop - start))
-        else:
-            dealt.append(order)
-        if stop < per_bin:
-            if on_numpy:
-                bin_load.reshape(-1)[order + row_start] += added[:, index]
-            else:
-                bin_load.scatter_add_(1, order, added[:, index])
-    return xp.stack(dealt, 1)
+    device = ranked.device
+    if device.type == "cpu":  # NumPy runs these small steps with several times less overhead
+        rounds = ranked.numpy().reshape(rows, per_bin, num_bins)
+        row = np.arange(rows)[:, None]
+        bin_of = [np.broadcast_to(np.arange(num_bins), (rows, num_bins))]
+        load = rounds[:, 0].copy()
+        for step in range(1, per_bin):
+            bin_of.append(lightest_bins(load))
+            if step + 1 < per_bin:
+                load[row, bin_of[-1]] += rounds[:, step]
+        bins = torch.from_numpy(np.stack(bin_of, 1))
+    else:
+        rounds = ranked.view(rows, per_bin, num_bins)
+        bin_of = [torch.arange(num_bins, device=device).expand(rows, -1)]
+        load = rounds[:, 0].clone()
+        for step in range(1, per_bin):
+            bin_of.append(lightest_first(load))
+            if step + 1 < per_bin:
+                load.scatter_add_(1, bin_of[-1], rounds[:, step])
+        bins = torch.stack(bin_of, 1)                                   # [B, rounds, num_bins]
+    position = (bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)).view(rows, num_items)
+    items = torch.arange(num_items, device=device).expand(rows, -1)
+    return torch.empty_like(position).scatter_(1, position, items)
 
 
 def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int,
@@ -270,7 +245,7 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
         score = ((heavy - half_gap.unsqueeze(-1)).unsqueeze(-1) - light.unsqueeze(-2)).abs()
         best, choice = score.view(rows, half, -1).min(-1)
         useful = best < half_gap
-        if not bool(useful[:, 0].any()):
+        if item_loads.device.type == "cpu" and not bool(useful[:, 0].any()):  # CUDA: no wait for the device
             break
         src = order[:, num_bins - half:].flip(-1) * per_bin + choice // per_bin
         dst = order[:, :half] * per_bin + choice % per_bin
@@ -278,6 +253,7 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
         position_item.scatter_(1, src, torch.where(useful, at_dst, at_src))
         position_item.scatter_(1, dst, torch.where(useful, at_src, at_dst))
     return position_item
+
 
 
 def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -288,72 +264,70 @@ def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
     return starts[:, :num_slots].cumsum(-1)
 
 
-def spread_placement(weight: torch.Tensor, num_slots: int, num_bins: int, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global policy on each row: replicate, pack, refine.
+def place_rows(weight: torch.Tensor, num_slots: int, num_bins: int, rounds: int) -> tuple[torch.Tensor, ...]:
+    """The global policy on each row: replica counts, sorted rounds, swap rounds.
 
     Args:
-        weight: [B, n] float.
+        weight: [B, n] float, non-negative.
     Returns:
-        phy2log: [B, num_slots], experts 0..n-1, bin b holding slots
-        b * num_slots / num_bins onwards; logcnt: [B, n].
+        phy2log: [B, num_slots], the expert of each slot (bin b holds slots
+        b * num_slots / num_bins onwards); rank: [B, num_slots], the copy number of
+        each slot's expert (0 for its first slot); counts: [B, n] int64.
     """
     usable = torch.where(weight.sum(-1, keepdim=True) > 0, weight, torch.ones_like(weight))
-    counts = replica_counts(usable, num_slots)
-    replica_expert = replica_experts(counts, num_slots)
+    counts = replica_counts(usable, num_slots, num_bins)
+    replica_expert = replica_experts(counts, num_slots)      # copies of an expert adjacent
+    starts = counts.cumsum(-1) - counts
+    copy_number = torch.arange(num_slots, device=weight.device) - starts.gather(1, replica_expert)
     loads = (usable / counts).gather(1, replica_expert)
-    # With two slots per bin the sorted rounds pair optimally; keep that.
-    spread_copies = num_slots > weight.shape[1] and num_slots > 2 * num_bins
-    position_item = pack_in_rounds(loads, num_bins, labels=replica_expert if spread_copies else None)
-    position_item = refine_by_swaps(loads, position_item, num_bins, rounds)
-    return replica_expert.gather(1, position_item), counts
+    heaviest_first = descending_order(loads)
+    position = heaviest_first.gather(1, deal_sorted(loads.gather(1, heaviest_first), num_bins))
+    position = refine_by_swaps(loads, position, num_bins, rounds)
+    return replica_expert.gather(1, position), copy_number.gather(1, position), counts
 
 
-def experts_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
-                     locality_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose the policy of each layer and the node of each expert (step 1).
+def groups_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
+                    locality_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole expert groups packed onto nodes, and the policy of each layer (step 1).
 
     Args:
         weight: [L, E].
     Returns:
         nodemajor_to_log: [L, E], the experts of node 0, then node 1, ...;
-        local: [L] bool, True where whole groups stay on one node.
+        local: [L] bool, True where the heaviest node is at most locality_tolerance
+        above the mean node load, so that groups stay whole on nodes.
     """
     num_layers, num_logical = weight.shape
     group_size = num_logical // num_groups
     group_load = weight.view(num_layers, num_groups, group_size).sum(-1)
-    position_group = pack_in_rounds(group_load, num_nodes)
+    heaviest_first = descending_order(group_load)
+    position_group = heaviest_first.gather(1, deal_sorted(group_load.gather(1, heaviest_first), num_nodes))
     if num_groups > 2 * num_nodes:  # with two groups per node the rounds pair optimally
         position_group = refine_by_swaps(group_load, position_group, num_nodes, NO_REDUNDANCY_ROUNDS)
     node_load = group_load.gather(1, position_group).view(num_layers, num_nodes, -1).sum(-1)
     local = node_load.max(-1).values <= (1 + locality_tolerance) * node_load.mean(-1)
-    by_group = ((position_group * group_size).unsqueeze(-1)
-                + torch.arange(group_size, device=weight.device)).view(num_layers, num_logical)
-    if bool(local.all()):
-        return by_group, local
-    # Spread layers deal their experts out one by one over the nodes.
-    spread = (~local).nonzero().squeeze(1)
-    by_expert = pack_in_rounds(weight.index_select(0, spread), num_nodes,
-                               block=-(-num_logical // (num_nodes * NODE_SORTS)))
-    return by_group.index_copy_(0, spread, by_expert), local
+    nodemajor_to_log = ((position_group * group_size).unsqueeze(-1)
+                        + torch.arange(group_size, device=weight.device)).view(num_layers, num_logical)
+    return nodemajor_to_log, local
 
 
 def node_placement(weight: torch.Tensor, nodemajor_to_log: torch.Tensor, num_replicas: int, num_nodes: int,
-                   num_gpus: int, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each node's experts get the node's slots: the global policy inside every node.
+                   num_gpus: int, rounds: int) -> tuple[torch.Tensor, ...]:
+    """Each node's experts get the node's slots: place_rows inside every node.
 
     Args:
-        weight: [L, E]; nodemajor_to_log: [L, E], see experts_to_nodes.
+        weight: [L, E]; nodemajor_to_log: [L, E], see groups_to_nodes.
     Returns:
-        phy2log: [L, num_replicas]; logcnt: [L, E].
+        phy2log, rank: [L, num_replicas]; logcnt: [L, E].
     """
     num_layers, num_logical = weight.shape
     experts_per_node = num_logical // num_nodes
     node_weight = weight.gather(1, nodemajor_to_log).view(num_layers * num_nodes, experts_per_node)
-    local_phy, local_cnt = spread_placement(node_weight, num_replicas // num_nodes, num_gpus // num_nodes, rounds)
+    local_phy, rank, local_cnt = place_rows(node_weight, num_replicas // num_nodes, num_gpus // num_nodes, rounds)
     node_offset = (torch.arange(num_nodes, device=weight.device) * experts_per_node).repeat(num_layers).unsqueeze(-1)
     phy2log = nodemajor_to_log.gather(1, (local_phy + node_offset).view(num_layers, num_replicas))
     logcnt = torch.empty_like(nodemajor_to_log).scatter_(1, nodemajor_to_log, local_cnt.view(num_layers, -1))
-    return phy2log, logcnt
+    return phy2log, rank.view(num_layers, num_replicas), logcnt
 
 
 def counts_of(phy2log: torch.Tensor, num_logical: int) -> torch.Tensor:
@@ -580,6 +554,20 @@ def repair_in_nodes(weight: torch.Tensor, prev_phy2log: torch.Tensor, fresh: tor
     return repaired.reshape(num_layers, num_replicas)
 
 
+def listed_slots(phy2log: torch.Tensor, rank: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
+    """log2phy: [L, E, X] from phy2log and each slot's copy number rank [L, R].
+
+    X is logcnt.max() on the CPU; on CUDA it is R - E + 1, the most any expert can
+    hold, so that no call waits for the device to report the maximum.
+    """
+    num_layers, num_replicas = phy2log.shape
+    num_logical = logcnt.shape[1]
+    width = int(logcnt.max()) if phy2log.device.type == "cpu" else num_replicas - num_logical + 1
+    log2phy = torch.full((num_layers, num_logical * width), -1, dtype=torch.int64, device=phy2log.device)
+    slots = torch.arange(num_replicas, device=phy2log.device).expand(num_layers, -1)
+    return log2phy.scatter_(1, phy2log * width + rank, slots).view(num_layers, num_logical, width)
+
+
 def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
     """log2phy: [L, E, logcnt.max()], each expert's slots in increasing order, -1 padded."""
     num_layers, num_replicas = phy2log.shape
@@ -591,19 +579,37 @@ def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tenso
 
 
 def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-                locality_tolerance: float, rounds: int, node_rounds: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                locality_tolerance: float, rounds: int, node_rounds: int) -> tuple[torch.Tensor, ...]:
     """The new placement, without regard to the old one; `rounds` swap rounds in the
-    global policy's packing, `node_rounds` in the packing inside each node.
+    global policy, `node_rounds` where the scenario allows the hierarchical one.
 
+    There a layer whose groups stay whole on nodes is placed node by node, and any
+    other layer as in the global policy, its replicas packed over all GPUs at once.
     Returns:
-        phy2log: [L, R]; logcnt: [L, E]; local: [L] bool, True where whole groups
-        stay on nodes.
+        phy2log, rank: [L, R]; logcnt: [L, E]; local: [L] bool, True where whole
+        groups stay on nodes.
     """
-    if num_nodes > 1 and num_groups % num_nodes == 0:
-        nodemajor_to_log, local = experts_to_nodes(weight, num_groups, num_nodes, locality_tolerance)
+    num_layers = weight.shape[0]
+    if not (num_nodes > 1 and num_groups % num_nodes == 0) or locality_tolerance == SPREAD_ALWAYS:
+        return (*place_rows(weight, num_replicas, num_gpus, rounds),
+                torch.zeros(num_layers, dtype=torch.bool, device=weight.device))
+    nodemajor_to_log, local = groups_to_nodes(weight, num_groups, num_nodes, locality_tolerance)
+    if weight.device.type != "cpu":  # both plans for every layer: no data-dependent branch on CUDA
+        in_nodes = node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, node_rounds)
+        spread = place_rows(weight, num_replicas, num_gpus, node_rounds)
+        return (*(torch.where(local.unsqueeze(-1), a, b) for a, b in zip(in_nodes, spread)), local)
+    kept = local.nonzero().squeeze(1)
+    if kept.numel() == num_layers:
         return (*node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, node_rounds), local)
-    phy2log, logcnt = spread_placement(weight, num_replicas, num_gpus, rounds)
-    return phy2log, logcnt, torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+    spread_layers = (~local).nonzero().squeeze(1)
+    planned = place_rows(weight.index_select(0, spread_layers), num_replicas, num_gpus, node_rounds)
+    if kept.numel() == 0:
+        return (*planned, local)
+    in_nodes = node_placement(weight.index_select(0, kept), nodemajor_to_log.index_select(0, kept),
+                              num_replicas, num_nodes, num_gpus, node_rounds)
+    merged = tuple(torch.empty((num_layers, *a.shape[1:]), dtype=a.dtype).index_copy_(0, kept, a)
+                   .index_copy_(0, spread_layers, b) for a, b in zip(in_nodes, planned))
+    return (*merged, local)
 
 
 def fewer_moves(weight: torch.Tensor, prev_phy2log: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor,
@@ -667,11 +673,8 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
             REFINE_ROUNDS in the global policy and NODE_REFINE_ROUNDS inside the
             nodes of the hierarchical one, or NO_REDUNDANCY_ROUNDS in both when
             there are no extra slots (single heavy experts then need swaps to even
-            out). Inside nodes (8 GPUs with 9 slots each on deepseek-v3 prefill)
-            the sorted rounds alone plan a little worse for the window they see
-            (in-sample GPU balancedness 0.969 against 0.975 with two swap rounds)
-            but better for the next one (0.7967 against 0.7959; deepseek-v2-lite
-            0.7972 against 0.7890), and a fifth faster.
+            out). Inside nodes the sorted rounds stand alone: swaps there fit the
+            planning window better and the next one worse (docs/fast.md).
     """
     num_logical = weight.shape[1]
     w = weight.detach().to(torch.float32).clamp(min=0) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -679,18 +682,30 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
     node_rounds = rounds if rounds is not None else NODE_REFINE_ROUNDS if redundant else NO_REDUNDANCY_ROUNDS
     if rounds is None:
         rounds = REFINE_ROUNDS if redundant else NO_REDUNDANCY_ROUNDS
-    phy2log, logcnt, local = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance,
-                                         rounds, node_rounds)
-    if prev_phy2log is not None:
-        prev = torch.as_tensor(prev_phy2log, device=w.device)
-        if (prev.is_floating_point() or prev.is_complex() or prev.shape != phy2log.shape
-                or bool(((prev < 0) | (prev >= num_logical)).any())):
-            raise ValueError(f"prev_phy2log must be [{phy2log.shape[0]}, {num_replicas}] integer expert indices in "
-                             f"[0, {num_logical}); got {prev.dtype} of shape {tuple(prev.shape)}")
-        prev = prev.to(torch.int64).contiguous()
-        unchanged = (phy2log == prev).all(-1, keepdim=True)
-        phy2log = torch.where(unchanged, prev, follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus))
-        if migration_tolerance is not None:
-            phy2log, logcnt = fewer_moves(w, prev, phy2log, logcnt, local, num_nodes, num_gpus, migration_tolerance)
-        phy2log = keep_slots(phy2log, prev, num_logical, num_gpus)
+    phy2log, rank, logcnt, local = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance,
+                                               rounds, node_rounds)
+    if prev_phy2log is None:
+        return phy2log, listed_slots(phy2log, rank, logcnt), logcnt
+    prev = torch.as_tensor(prev_phy2log, device=w.device)
+    if (prev.is_floating_point() or prev.is_complex() or prev.shape != phy2log.shape
+            or bool(((prev < 0) | (prev >= num_logical)).any())):
+        raise ValueError(f"prev_phy2log must be [{phy2log.shape[0]}, {num_replicas}] integer expert indices in "
+                         f"[0, {num_logical}); got {prev.dtype} of shape {tuple(prev.shape)}")
+    prev = prev.to(torch.int64).contiguous()
+    unchanged = (phy2log == prev).all(-1, keepdim=True)
+    phy2log = torch.where(unchanged, prev, follow_previous_labels(phy2log, prev, num_logical, num_nodes, num_gpus))
+    if migration_tolerance is not None:
+        phy2log, logcnt = fewer_moves(w, prev, phy2log, logcnt, local, num_nodes, num_gpus, migration_tolerance)
+    phy2log = keep_slots(phy2log, prev, num_logical, num_gpus)
     return phy2log, slots_of_experts(phy2log, logcnt), logcnt
+
+
+@register("fast_spread", description="fast with every layer spread over all GPUs: balance before dispatch locality",
+          devices=("cpu", "cuda"))
+def rebalance_experts_spread(weight, num_replicas, num_groups, num_nodes, num_gpus, *, prev_phy2log=None,
+                             migration_tolerance=None):
+    """fast with no expert group kept whole on a node: every layer's replicas are
+    packed over all GPUs, which balances better and sends more tokens across nodes
+    (internode_share). Arguments as in rebalance_experts."""
+    return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, prev_phy2log=prev_phy2log,
+                             locality_tolerance=SPREAD_ALWAYS, migration_tolerance=migration_tolerance)

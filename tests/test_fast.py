@@ -7,7 +7,6 @@ import torch
 
 from eplb_bench import Scenario, get_algorithm, validate_placement
 from eplb_bench_algorithms import fast as fast_module
-from eplb_bench_algorithms.hybrid_replication import hybrid_replication
 
 fast = get_algorithm("fast")
 
@@ -51,16 +50,27 @@ def test_ascending_order_is_a_stable_sort(bound):
     assert torch.equal(fast_module.ascending_order(values, bound), expected)
 
 
-@pytest.mark.parametrize("block", [1, 2, 3])
-def test_rounds_deal_alike_on_numpy_and_on_torch(block):
-    generator = torch.Generator().manual_seed(block)
-    ranked = (torch.rand(6, 40, generator=generator) * 100).round().sort(-1, descending=True).values
-    follows_copy = torch.rand(6, 4, generator=generator) < 0.5 if block == 1 else None
-    on_torch = fast_module.deal_rounds(ranked, 8, block, follows_copy)
-    on_numpy = fast_module.deal_rounds(ranked.numpy(), 8, block, None if follows_copy is None else follows_copy.numpy())
-    assert torch.equal(on_torch, torch.from_numpy(on_numpy))
-    assert on_torch.shape == (6, 5, 8)
-    assert torch.equal(on_torch.sort(-1).values, torch.arange(8).expand(6, 5, 8))  # each round fills every bin once
+def greedy_rounds(ranked, num_bins):
+    """Brute force: round by round, the i-th heaviest item of the round to the i-th
+    lightest bin (ties by bin index); returns each bin's items."""
+    bins = [[item] for item in range(num_bins)]
+    load = [ranked[item] for item in range(num_bins)]
+    for start in range(num_bins, len(ranked), num_bins):
+        lightest = sorted(range(num_bins), key=lambda b: (load[b], b))
+        for offset, bin_index in enumerate(lightest):
+            bins[bin_index].append(start + offset)
+            load[bin_index] += ranked[start + offset]
+    return bins
+
+
+@pytest.mark.parametrize("num_bins", [2, 8, 40])
+def test_sorted_rounds_match_the_greedy_round_by_round(num_bins):
+    generator = torch.Generator().manual_seed(num_bins)
+    ranked = (torch.rand(6, num_bins * 5, generator=generator) * 100).round().sort(-1, descending=True).values
+    position_item = fast_module.deal_sorted(ranked, num_bins)
+    for row in range(6):
+        expected = greedy_rounds(ranked[row].tolist(), num_bins)
+        assert position_item[row].view(num_bins, 5).tolist() == expected
 
 
 def sequential_from(weight, counts, grants, beta):
@@ -71,12 +81,40 @@ def sequential_from(weight, counts, grants, beta):
     return counts
 
 
-@pytest.mark.parametrize("num_slots", [16, 17, 40, 100])
-def test_replica_counts_are_the_seeds(num_slots):
+def sainte_lague_or_dhondt(weight, num_slots, num_bins):
+    """Brute force of the replica rule: Sainte-Laguë one replica at a time, unless its
+    heaviest replica lifts max(mean bin load, heaviest replica) above D'Hondt's."""
+    sainte_lague = sequential_divisor_counts(weight, num_slots, 0.5)
+    dhondt = sequential_divisor_counts(weight, num_slots, 0.0)
+    mean_bin = sum(weight) / num_bins
+
+    def floor(counts):
+        return max(mean_bin, max(w / c for w, c in zip(weight, counts)))
+    return sainte_lague if floor(sainte_lague) <= floor(dhondt) else dhondt
+
+
+@pytest.mark.parametrize("num_slots", [16, 24, 40, 96])
+def test_replica_counts_follow_the_rule_one_replica_at_a_time(num_slots):
     generator = torch.Generator().manual_seed(num_slots)
-    weight = torch.rand(8, 16, generator=generator, dtype=torch.float64) ** 2 * 50 + 1
-    _, _, seed_counts = hybrid_replication(weight, num_slots)
-    assert torch.equal(fast_module.replica_counts(weight, num_slots), seed_counts)
+    weight = torch.rand(12, 16, generator=generator, dtype=torch.float64) ** 4 * 50 + 1
+    weight[:4, 0] = 400.0  # one dominant expert: D'Hondt where Sainte-Laguë would leave it heavy
+    for num_bins in (2, 4, 8):
+        if num_slots % num_bins:
+            continue
+        counts = fast_module.replica_counts(weight, num_slots, num_bins)
+        expected = [sainte_lague_or_dhondt(row.tolist(), num_slots, num_bins) for row in weight]
+        assert counts.tolist() == expected
+
+
+def test_replica_rule_by_hand():
+    # Two extra replicas. Sainte-Laguë: 6 / 0.5 = 12 to expert 0, then 2.9 / 0.5 = 5.8
+    # beats 6 / 1.5 = 4: counts 2, 2; heaviest replica 3.0. D'Hondt: 6, then 6 / 2 = 3
+    # beats 2.9: counts 3, 1; heaviest replica 2.9.
+    weight = torch.tensor([[6.0, 2.9, 2.9, 2.0, 1.0, 1.0, 1.0, 1.0]])
+    # 5 bins: the mean bin load 3.56 is above both heaviest replicas; Sainte-Laguë stays.
+    assert fast_module.replica_counts(weight, 10, 5).tolist() == [[2, 2, 1, 1, 1, 1, 1, 1]]
+    # 10 bins: mean 1.78; Sainte-Laguë's 3.0 would lift the floor above D'Hondt's 2.9.
+    assert fast_module.replica_counts(weight, 10, 10).tolist() == [[3, 1, 1, 1, 1, 1, 1, 1]]
 
 
 def brute_force_pairing(loads):
@@ -91,7 +129,8 @@ def brute_force_pairing(loads):
 @pytest.mark.parametrize("seed", range(5))
 def test_sorted_rounds_pair_optimally_with_two_items_per_bin(seed):
     loads = torch.rand(1, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    positions = fast_module.pack_in_rounds(loads, 4)
+    heaviest_first = fast_module.descending_order(loads)
+    positions = heaviest_first.gather(1, fast_module.deal_sorted(loads.gather(1, heaviest_first), 4))
     peak = loads.gather(1, positions).view(4, 2).sum(-1).max()
     assert float(peak) == pytest.approx(brute_force_pairing(loads[0].tolist()))
 
@@ -100,7 +139,8 @@ def test_sorted_rounds_pair_optimally_with_two_items_per_bin(seed):
 def test_swaps_never_raise_the_peak_and_keep_the_items(seed):
     generator = torch.Generator().manual_seed(seed)
     loads = torch.rand(7, 24, generator=generator, dtype=torch.float64) ** 4
-    positions = fast_module.pack_in_rounds(loads, 4)
+    heaviest_first = fast_module.descending_order(loads)
+    positions = heaviest_first.gather(1, fast_module.deal_sorted(loads.gather(1, heaviest_first), 4))
     placed = loads.gather(1, positions)
     before = placed.view(7, 4, 6).sum(-1).max(-1).values
     refined = fast_module.refine_by_swaps(loads, positions, 4, rounds=20)
@@ -147,14 +187,15 @@ def test_policy_keeps_balanced_groups_on_nodes_and_spreads_a_dominant_group():
     # Layer 0: four groups of equal load. Layer 1: group 0 carries most of the load.
     weight = torch.ones(2, 16, dtype=torch.float64)
     weight[1, :4] = 40.0
-    nodemajor, local = fast_module.experts_to_nodes(weight, 4, 2, locality_tolerance=0.05)
+    nodemajor, local = fast_module.groups_to_nodes(weight, 4, 2, locality_tolerance=0.05)
     assert local.tolist() == [True, False]
     groups_on_node = nodemajor[0].view(2, 8) // 4
     assert all(len(set(row.tolist())) == 2 for row in groups_on_node)
-    heavy_per_node = (nodemajor[1].view(2, 8) < 4).sum(-1)
-    assert heavy_per_node.tolist() == [2, 2]
-    # The spread layer is far better balanced than whole groups on nodes can be.
+    # The spread layer is placed over all GPUs: the heavy group's replicas reach both nodes.
     phy2log, _, logcnt = fast(weight, 32, 4, 2, 4)
+    heavy_per_node = (phy2log[1].view(2, 16) < 4).sum(-1)
+    assert heavy_per_node.min() >= 4
+    # It is far better balanced than whole groups on nodes can be.
     spread_peak = float(fast_module.peak_gpu_load(weight, phy2log, logcnt, 4)[1])
     kept, _, kept_cnt = fast(weight, 32, 4, 2, 4, locality_tolerance=100.0)
     kept_peak = float(fast_module.peak_gpu_load(weight, kept, kept_cnt, 4)[1])
@@ -182,6 +223,22 @@ def test_keep_slots_leaves_staying_experts_in_place():
 def moved(a, b):
     return int((a != b).sum())
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fast", "fast_spread"])
+def test_a_cuda_call_never_waits_for_the_device(name):
+    weight = (torch.rand(6, 64, device="cuda") ** 3 * 1000).round()
+    balancer = get_algorithm(name)
+    for scenario in (Scenario(80, 8, 2, 8), Scenario(80, 1, 1, 16), Scenario(64, 1, 1, 8)):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            output = balancer(weight, scenario.num_replicas, scenario.num_groups, scenario.num_nodes, scenario.num_gpus)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        validate_placement(*(t.cpu() for t in output), num_logical=64, num_replicas=scenario.num_replicas,
+                           num_gpus=scenario.num_gpus, num_layers=6)
 
 @pytest.mark.parametrize("args", [(24, 4, 2, 8), (24, 1, 1, 8), (32, 4, 4, 16)], ids=str)
 def test_previous_placement_and_the_migration_knob(args):
@@ -226,7 +283,10 @@ def test_cuda_matches_cpu():
     cpu = fast(weight, 24, 4, 2, 8)
     cuda = fast(weight.cuda(), 24, 4, 2, 8)
     assert all(t.device.type == "cuda" for t in cuda)
-    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, cuda))
+    assert torch.equal(cpu[0], cuda[0].cpu()) and torch.equal(cpu[2], cuda[2].cpu())
+    # On CUDA log2phy is R - E + 1 wide (no wait for logcnt.max()); past the CPU's width it is padding.
+    width = cpu[1].shape[2]
+    assert torch.equal(cpu[1], cuda[1][:, :, :width].cpu()) and bool((cuda[1][:, :, width:] == -1).all())
 
 
 @pytest.mark.parametrize("seed", range(30))
