@@ -39,8 +39,8 @@ from eplb_bench import register
 
 LOCALITY_TOLERANCE = 0.05
 REFINE_ROUNDS = 2
-# Inside the nodes of the hierarchical policy the sorted rounds stand alone: swaps
-# there fit the planning window better but the next window worse (see rebalance_experts).
+# Where the scenario allows the hierarchical policy the sorted rounds stand alone,
+# inside nodes and in spread layers alike (see rebalance_experts' `rounds`).
 NODE_REFINE_ROUNDS = 0
 NO_REDUNDANCY_ROUNDS = 16
 REPAIR_ROUNDS = 8
@@ -91,13 +91,27 @@ def ascending_order(values: torch.Tensor, bound: int) -> torch.Tensor:
     return torch.sort(values, dim=-1, stable=True).indices
 
 
+def lightest_bins(loads: np.ndarray) -> np.ndarray:
+    """loads: [B, k] NumPy array, non-negative -> [B, k] bins, lightest first, ties by index.
+
+    Short rows take a stable argsort; longer ones a sort of float32 keys packed with
+    their index, as lightest_first does on CUDA.
+    """
+    if loads.shape[-1] <= 32:
+        return np.argsort(loads, axis=-1, kind="stable")
+    keys = np.ascontiguousarray(loads, dtype=np.float32).view(np.int32).astype(np.int64)
+    return order_of_keys(keys).numpy()
+
+
 def lightest_first(loads: torch.Tensor) -> torch.Tensor:
-    """loads: [B, k] -> [B, k] int64 indices, smallest load first, ties by index."""
-    if loads.shape[-1] > 32:
-        return descending_order(loads.max(-1, keepdim=True).values - loads)
+    """loads: [B, k], non-negative -> [B, k] int64 indices, smallest load first, ties by index."""
     if loads.device.type == "cpu":
-        return torch.from_numpy(np.argsort(loads.numpy(), axis=-1, kind="stable"))
-    return loads.argsort(dim=-1, stable=True)
+        return torch.from_numpy(lightest_bins(loads.numpy()))
+    if loads.shape[-1] <= 32:
+        return loads.argsort(dim=-1, stable=True)
+    bits = loads.float().view(torch.int32).to(torch.int64)
+    keys = (bits << 32) | torch.arange(loads.shape[-1], device=loads.device)
+    return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
 
 
 def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: float, fresh: bool) -> torch.Tensor:
@@ -155,28 +169,20 @@ def replica_counts(weight: torch.Tensor, num_slots: int, num_bins: int) -> torch
     counts = top_replicas(weight, ones, num_extra, SAINTE_LAGUE, fresh=True)
     mean_bin = weight.sum(-1) / num_bins
     heavy = (weight / counts).max(-1).values > mean_bin
-    if weight.device.type == "cpu":  # D'Hondt only for the rows that may need it
+    # D'Hondt only where Sainte-Laguë's heaviest replica is above the mean bin: those
+    # rows on the CPU; every row on CUDA, where picking rows would wait for the device.
+    if weight.device.type == "cpu":
         rows = heavy.nonzero().squeeze(1)
         if rows.numel() == 0:
             return counts.to(torch.int64)
-        part = weight.index_select(0, rows)
-        dhondt = top_replicas(part, ones[: rows.numel()], num_extra, 0.0, fresh=True)
-        floor_dhondt = torch.maximum((part / dhondt).max(-1).values, mean_bin[rows])
-        raised = (part / counts[rows]).max(-1).values > floor_dhondt
-        counts[rows] = torch.where(raised.unsqueeze(-1), dhondt, counts[rows])
-        return counts.to(torch.int64)
-    dhondt = top_replicas(weight, ones, num_extra, 0.0, fresh=True)     # no data-dependent branch on CUDA
-    floor_dhondt = torch.maximum((weight / dhondt).max(-1).values, mean_bin)
-    raised = heavy & ((weight / counts).max(-1).values > floor_dhondt)
-    return torch.where(raised.unsqueeze(-1), dhondt, counts).to(torch.int64)
-
-
-def lightest_bins(loads):
-    """loads: [B, k] NumPy array -> [B, k] bins, lightest first, ties by index."""
-    if loads.shape[-1] <= 32:
-        return np.argsort(loads, axis=-1, kind="stable")
-    keys = np.ascontiguousarray(loads, dtype=np.float32).view(np.int32).astype(np.int64)
-    return order_of_keys(keys).numpy()
+    else:
+        rows = torch.arange(weight.shape[0], device=weight.device)
+    part, chosen = weight.index_select(0, rows), counts.index_select(0, rows)
+    dhondt = top_replicas(part, torch.ones_like(part), num_extra, 0.0, fresh=True)
+    floor_dhondt = torch.maximum((part / dhondt).max(-1).values, mean_bin.index_select(0, rows))
+    raised = heavy.index_select(0, rows) & ((part / chosen).max(-1).values > floor_dhondt)
+    counts.index_copy_(0, rows, torch.where(raised.unsqueeze(-1), dhondt, chosen))
+    return counts.to(torch.int64)
 
 
 def deal_sorted(ranked: torch.Tensor, num_bins: int) -> torch.Tensor:
@@ -253,7 +259,6 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
         position_item.scatter_(1, src, torch.where(useful, at_dst, at_src))
         position_item.scatter_(1, dst, torch.where(useful, at_src, at_dst))
     return position_item
-
 
 
 def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -569,13 +574,8 @@ def listed_slots(phy2log: torch.Tensor, rank: torch.Tensor, logcnt: torch.Tensor
 
 
 def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
-    """log2phy: [L, E, logcnt.max()], each expert's slots in increasing order, -1 padded."""
-    num_layers, num_replicas = phy2log.shape
-    width = int(logcnt.max())
-    log2phy = torch.full((num_layers, logcnt.shape[1] * width), -1, dtype=torch.int64, device=phy2log.device)
-    slots = torch.arange(num_replicas, device=phy2log.device).expand(num_layers, -1)
-    log2phy.scatter_(1, phy2log * width + copy_rank(phy2log, logcnt), slots)
-    return log2phy.view(num_layers, -1, width)
+    """log2phy: [L, E, X], each expert's slots in increasing order, -1 padded (X as in listed_slots)."""
+    return listed_slots(phy2log, copy_rank(phy2log, logcnt), logcnt)
 
 
 def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
