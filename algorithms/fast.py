@@ -23,14 +23,17 @@ swap rounds only):
    `migration_tolerance`, a layer keeps or repairs its previous placement when
    that costs at most that fraction of its peak GPU load.
 
-On the CPU the sorts go through NumPy (a sort of packed integer keys for long rows,
-argsort for short ones, a radix sort for expert numbers), several times faster than
-torch's CPU sort at these sizes, and so do the packing rounds; on CUDA the same steps
-run as torch operations, and a call without prev_phy2log never waits for the device
-(no data-dependent branch; log2phy is R - E + 1 wide).
+Steps 1-3 are written once against two array libraries: a CPU call runs them on
+NumPy arrays, whose operations cost a few microseconds at these sizes where torch's
+CPU operations cost several times more (docs/fast.md), and a CUDA call runs the same
+functions on torch tensors, never waiting for the device when there is no
+prev_phy2log (no data-dependent branch; log2phy is R - E + 1 wide). The small
+helpers below are the only places that tell the two apart. Step 4 is torch on both.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -52,69 +55,253 @@ SAINTE_LAGUE = 0.5
 # locality_tolerance that spreads every layer (fast_spread).
 SPREAD_ALWAYS = float("-inf")
 
-
-def order_of_keys(keys: np.ndarray) -> torch.Tensor:
-    """keys: [B, n] int64 in [0, 2**31), overwritten -> [B, n] int64 indices, smallest key
-    first, ties by index: each key is packed with its index so that a plain sort is stable."""
-    np.left_shift(keys, 32, out=keys)
-    np.bitwise_or(keys, np.arange(keys.shape[-1]), out=keys)
-    keys.sort(axis=-1)
-    return torch.from_numpy(np.bitwise_and(keys, 0xFFFFFFFF, out=keys))
+Array = np.ndarray | torch.Tensor
 
 
-def descending_order(values: torch.Tensor) -> torch.Tensor:
+# --- the two array libraries: every difference between NumPy and torch lives here ---
+
+def as_torch(a: Array) -> torch.Tensor:
+    """a as a torch tensor (a NumPy array's memory is shared)."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def waits_for_device(a: Array) -> bool:
+    """True where reading a value back to Python would wait for an accelerator."""
+    return isinstance(a, torch.Tensor) and a.device.type != "cpu"
+
+
+def arange(n: int, like: Array) -> Array:
+    """[n] int64 0, 1, ..., n - 1 in like's library (and on its device)."""
+    return np.arange(n) if isinstance(like, np.ndarray) else torch.arange(n, device=like.device)
+
+
+def constant(values: np.ndarray, like: Array) -> Array:
+    """A NumPy array moved to like's library and device."""
+    return values if isinstance(like, np.ndarray) else torch.tensor(values, device=like.device)
+
+
+def full(shape: tuple[int, ...], value, like: Array) -> Array:
+    """An array of like's dtype, filled with value."""
+    if isinstance(like, np.ndarray):
+        return np.full(shape, value, dtype=like.dtype)
+    return torch.full(shape, value, dtype=like.dtype, device=like.device)
+
+
+def as_float(a: Array) -> Array:
+    """a as float32."""
+    return a.astype(np.float32, copy=False) if isinstance(a, np.ndarray) else a.to(torch.float32)
+
+
+def as_index(a: Array) -> Array:
+    """a as int64."""
+    return a.astype(np.int64, copy=False) if isinstance(a, np.ndarray) else a.to(torch.int64)
+
+
+def where(condition: Array, a: Array, b) -> Array:
+    """Elementwise a where condition, else b (an array or a scalar of a's type)."""
+    if isinstance(a, np.ndarray):
+        return np.where(condition, a, b)
+    return torch.where(condition, a, b)
+
+
+def row_max(a: Array) -> Array:
+    """a: [B, n] -> [B], each row's maximum."""
+    return a.max(-1) if isinstance(a, np.ndarray) else a.amax(-1)
+
+
+def row_min(a: Array) -> Array:
+    """a: [..., n] -> [...], the minimum over the last axis."""
+    return a.min(-1) if isinstance(a, np.ndarray) else a.amin(-1)
+
+
+def flip(a: Array) -> Array:
+    """a with its last axis reversed."""
+    return a[..., ::-1] if isinstance(a, np.ndarray) else a.flip(-1)
+
+
+def row_offsets(a: Array) -> Array:
+    """a: [B, n] -> [B, 1] int64, the flat index of each row's first entry."""
+    return arange(a.shape[0], a).reshape(-1, 1) * a.shape[1]
+
+
+def take(a: Array, index: Array) -> Array:
+    """a: [B, n], index: [B, m] -> [B, m] with entry [b, j] = a[b, index[b, j]].
+
+    NumPy takes from the flat array: several times cheaper than take_along_axis.
+    """
+    if isinstance(a, np.ndarray):
+        return a.reshape(-1)[index + row_offsets(a)]
+    return a.gather(1, index)
+
+
+def put(a: Array, index: Array, values) -> Array:
+    """a[b, index[b, j]] = values[b, j] in place (indices distinct within a row); returns a.
+
+    a: [B, n] contiguous; values: [B, m] or a scalar.
+    """
+    if isinstance(a, np.ndarray):
+        a.reshape(-1)[index + row_offsets(a)] = values
+        return a
+    return a.scatter_(1, index, values)
+
+
+def broadcast(a: Array, shape: tuple[int, ...]) -> Array:
+    """A read-only view of a broadcast to shape."""
+    return np.broadcast_to(a, shape) if isinstance(a, np.ndarray) else a.expand(shape)
+
+
+def maximum(a: Array, b: Array) -> Array:
+    """Elementwise maximum."""
+    return np.maximum(a, b) if isinstance(a, np.ndarray) else torch.maximum(a, b)
+
+
+def add_at(a: Array, index: Array, values: Array) -> Array:
+    """a[b, index[b, j]] += values[b, j] in place, repeated indices adding up; returns a."""
+    if isinstance(a, np.ndarray):
+        flat = (index + row_offsets(a)).reshape(-1)
+        a += np.bincount(flat, weights=values.reshape(-1), minlength=a.size).reshape(a.shape).astype(a.dtype)
+        return a
+    return a.scatter_add_(1, index, values)
+
+
+def rows_of(a: Array, rows: Array) -> Array:
+    """a: [B, ...], rows: [k] int64 -> [k, ...]."""
+    return a[rows] if isinstance(a, np.ndarray) else a.index_select(0, rows)
+
+
+def set_rows(a: Array, rows: Array, values: Array) -> Array:
+    """a[rows] = values in place; returns a."""
+    if isinstance(a, np.ndarray):
+        a[rows] = values
+        return a
+    return a.index_copy_(0, rows, values)
+
+
+def true_rows(mask: Array) -> Array:
+    """mask: [B] bool -> [k] int64, the rows where it holds (reads the mask: CPU only)."""
+    return np.flatnonzero(mask) if isinstance(mask, np.ndarray) else mask.nonzero().squeeze(1)
+
+
+def inverse(permutation: Array) -> Array:
+    """permutation: [B, n], each row a permutation -> [B, n], its inverse."""
+    positions = broadcast(arange(permutation.shape[1], permutation).reshape(1, -1), permutation.shape)
+    return put(full(permutation.shape, 0, permutation), permutation, positions)
+
+
+def sorted_rows(keys: Array) -> Array:
+    """keys: [B, n] int64 -> each row sorted ascending (NumPy sorts in place)."""
+    if isinstance(keys, np.ndarray):
+        keys.sort(axis=-1)
+        return keys
+    return torch.sort(keys, dim=-1).values
+
+
+def order_of_keys(keys: Array) -> Array:
+    """keys: [B, n] int64 in [0, 2**31), overwritten on the CPU -> [B, n] int64 indices,
+    smallest key first, ties by index: each key is packed with its index so that a
+    plain sort is stable."""
+    if isinstance(keys, np.ndarray):
+        np.left_shift(keys, 32, out=keys)
+        np.bitwise_or(keys, np.arange(keys.shape[-1]), out=keys)
+    else:
+        keys = (keys << 32) | torch.arange(keys.shape[-1], device=keys.device)
+    return sorted_rows(keys) & 0xFFFFFFFF
+
+
+def float_bits(values: Array) -> Array:
+    """values: non-negative floats -> int64 keys in [0, 2**31) that order as the float32 values do."""
+    if isinstance(values, np.ndarray):
+        return np.ascontiguousarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
+    return values.float().contiguous().view(torch.int32).to(torch.int64)
+
+
+def float_of_bits(bits: Array) -> Array:
+    """The inverse of float_bits: int64 keys in [0, 2**31) -> float32 values."""
+    if isinstance(bits, np.ndarray):
+        return bits.astype(np.int32).view(np.float32)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def on_numpy(function):
+    """Run a function of one torch CPU tensor through NumPy (tests and step 4 call
+    the planning helpers with torch tensors; torch's CPU sorts are the slow part)."""
+    @functools.wraps(function)
+    def wrapper(values, *args):
+        if isinstance(values, torch.Tensor) and not waits_for_device(values):
+            return torch.from_numpy(function(values.numpy(), *args))
+        return function(values, *args)
+    return wrapper
+
+
+@on_numpy
+def descending_order(values: Array) -> Array:
     """values: [B, n], non-negative -> [B, n] int64 indices, largest first, ties by index.
 
-    Values are compared as float32. Each is packed with its index into one int64 key
-    so that a plain ascending sort of keys gives the order.
+    Values are compared as float32, by one sort of keys that pack each with its index.
     """
-    num_items = values.shape[-1]
-    if values.device.type == "cpu":
-        keys = values.float().numpy().view(np.int32).astype(np.int64)
-        return order_of_keys(np.subtract(0x7FFFFFFF, keys, out=keys))
-    bits = values.float().view(torch.int32).to(torch.int64)
-    keys = ((0x7FFFFFFF - bits) << 32) | torch.arange(num_items, device=values.device)
-    return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
+    bits = float_bits(values)
+    return order_of_keys(0x7FFFFFFF - bits)
 
 
-def ascending_order(values: torch.Tensor, bound: int) -> torch.Tensor:
+@on_numpy
+def largest_first(values: Array, count: int, ordered: bool = True) -> Array:
+    """values: [B, n], non-negative -> [B, count] int64: the indices of the count
+    largest values, ties to the lower index; largest first when `ordered`, else in
+    no particular order. As descending_order(values)[:, :count], with a partial sort."""
+    keys = float_bits(values)
+    keys = 0x7FFFFFFF - keys
+    if isinstance(keys, np.ndarray):
+        np.left_shift(keys, 32, out=keys)
+        np.bitwise_or(keys, np.arange(keys.shape[-1]), out=keys)
+        if count < keys.shape[-1]:
+            keys = np.partition(keys, count - 1, axis=-1)[:, :count]
+        if ordered:
+            keys.sort(axis=-1)
+        return np.bitwise_and(keys, 0xFFFFFFFF, out=keys)
+    keys = (keys << 32) | torch.arange(keys.shape[-1], device=keys.device)
+    return torch.topk(keys, count, dim=-1, largest=False, sorted=ordered).values & 0xFFFFFFFF
+
+
+@on_numpy
+def lightest_first(loads: Array) -> Array:
+    """loads: [B, k], non-negative -> [B, k] int64 indices, smallest load first, ties by index.
+
+    Values are compared as float32 on both libraries. Short rows take a stable argsort.
+    """
+    if loads.shape[-1] <= 32:
+        if isinstance(loads, np.ndarray):
+            return np.argsort(loads.astype(np.float32, copy=False), axis=-1, kind="stable")
+        return loads.float().argsort(dim=-1, stable=True)
+    return order_of_keys(float_bits(loads))
+
+
+@on_numpy
+def ascending_order(values: Array, bound: int) -> Array:
     """values: [B, n] integers in [0, bound) -> [B, n] int64 indices, smallest first,
-    ties by index (a stable sort).
-
-    On the CPU small integers go through NumPy's radix sort, larger ones through a
-    sort of keys that pack each value with its index.
-    """
-    if values.device.type == "cpu":
+    ties by index (a stable sort); small integers go through NumPy's radix sort."""
+    if isinstance(values, np.ndarray):
         if bound <= 2 ** 15:
-            return torch.from_numpy(np.argsort(values.numpy().astype(np.int16), axis=-1, kind="stable"))
-        return order_of_keys(values.numpy().astype(np.int64))
+            return np.argsort(values.astype(np.int16), axis=-1, kind="stable")
+        return order_of_keys(values.astype(np.int64))
     return torch.sort(values, dim=-1, stable=True).indices
 
 
-def lightest_bins(loads: np.ndarray) -> np.ndarray:
-    """loads: [B, k] NumPy array, non-negative -> [B, k] bins, lightest first, ties by index.
+# --- steps 1-3 ---
 
-    Short rows take a stable argsort; longer ones a sort of float32 keys packed with
-    their index, as lightest_first does on CUDA.
-    """
-    if loads.shape[-1] <= 32:
-        return np.argsort(loads, axis=-1, kind="stable")
-    keys = np.ascontiguousarray(loads, dtype=np.float32).view(np.int32).astype(np.int64)
-    return order_of_keys(keys).numpy()
-
-
-def lightest_first(loads: torch.Tensor) -> torch.Tensor:
-    """loads: [B, k], non-negative -> [B, k] int64 indices, smallest load first, ties by index."""
-    if loads.device.type == "cpu":
-        return torch.from_numpy(lightest_bins(loads.numpy()))
-    if loads.shape[-1] <= 32:
-        return loads.argsort(dim=-1, stable=True)
-    bits = loads.float().view(torch.int32).to(torch.int64)
-    keys = (bits << 32) | torch.arange(loads.shape[-1], device=loads.device)
-    return torch.sort(keys, dim=-1).values & 0xFFFFFFFF
+@functools.lru_cache(maxsize=256)
+def candidate_table(grants: int, num_items: int, fresh: bool) -> np.ndarray:
+    """[2, k] int64: the rank of the expert and the number of replicas it already won
+    for every candidate replica that top_replicas has to compare."""
+    reach = min(grants, num_items)
+    steps_of_rank = grants // np.arange(1, reach + 1) if fresh else np.full(reach, grants)
+    rank = np.repeat(np.arange(reach), steps_of_rank)
+    step = np.arange(len(rank)) - np.repeat(np.cumsum(steps_of_rank) - steps_of_rank, steps_of_rank)
+    table = np.stack([rank, step])
+    table.flags.writeable = False
+    return table
 
 
-def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: float, fresh: bool) -> torch.Tensor:
+def top_replicas(weight: Array, counts: Array, grants: int, beta: float, fresh: bool) -> Array:
     """Grant the `grants` highest replica priorities of every row.
 
     The next replica of an expert holding c replicas has priority weight / (c - beta).
@@ -125,29 +312,25 @@ def top_replicas(weight: torch.Tensor, counts: torch.Tensor, grants: int, beta: 
     One small sort of those candidates decides.
 
     Args:
-        weight: [B, n]; counts: [B, n] float, current counts.
+        weight: [B, n] float32; counts: [B, n] float32, current counts.
     Returns:
-        [B, n] counts with the grants added; ties go to the better-ranked expert.
+        [B, n] float32 counts with the grants added; ties go to the better-ranked expert.
     """
-    rows, num_items = weight.shape
     if grants <= 0:
         return counts
+    counts = counts.copy() if isinstance(counts, np.ndarray) else counts.clone()
     if grants == 1:  # the first of the highest priorities (argmax takes the first of equals)
-        best = (weight / (counts - beta)).argmax(-1, keepdim=True)
-        return counts.scatter_add(1, best, torch.ones_like(best, dtype=counts.dtype))
-    ranked = descending_order(weight / (counts - beta))
-    reach = min(grants, num_items)
-    steps_of_rank = grants // np.arange(1, reach + 1) if fresh else np.full(reach, grants)
-    rank = np.repeat(np.arange(reach), steps_of_rank)
-    step = np.arange(len(rank)) - np.repeat(np.cumsum(steps_of_rank) - steps_of_rank, steps_of_rank)
-    rank, step = torch.from_numpy(np.stack([rank, step])).to(weight.device)
-    expert = ranked.index_select(1, rank)
-    priority = weight.gather(1, expert) / (counts.gather(1, expert) + (step.to(weight.dtype) - beta))
-    chosen = descending_order(priority)[:, :grants]
-    return counts.scatter_add(1, expert.gather(1, chosen), torch.ones_like(chosen, dtype=counts.dtype))
+        best = (weight / (counts - beta)).argmax(-1).reshape(-1, 1)
+        return add_at(counts, best, full(best.shape, 1, counts))
+    rank, step = constant(candidate_table(grants, weight.shape[1], fresh), weight)
+    ranked = largest_first(weight / (counts - beta), min(grants, weight.shape[1]))
+    expert = ranked[:, rank]
+    priority = take(weight, expert) / (take(counts, expert) + (as_float(step) - beta))
+    winners = take(expert, largest_first(priority, grants, False))
+    return add_at(counts, winners, full(winners.shape, 1, counts))
 
 
-def replica_counts(weight: torch.Tensor, num_slots: int, num_bins: int) -> torch.Tensor:
+def replica_counts(weight: Array, num_slots: int, num_bins: int) -> Array:
     """Replica counts by Sainte-Laguë (the next replica of an expert with c has priority
     weight / (c - 1/2)), except in rows where that would raise the floor of the peak
     bin load, max(mean bin load, heaviest replica): there D'Hondt (weight / c), which
@@ -158,36 +341,36 @@ def replica_counts(weight: torch.Tensor, num_slots: int, num_bins: int) -> torch
     with few slots per bin a heavy replica sets the peak, and D'Hondt's lighter one wins.
 
     Args:
-        weight: [B, n], rows with positive sums; num_slots >= n.
+        weight: [B, n] float32, rows with positive sums; num_slots >= n.
     Returns:
         [B, n] int64 counts, each row summing to num_slots.
     """
-    ones = torch.ones_like(weight)
+    ones = full(weight.shape, 1.0, weight)
     num_extra = num_slots - weight.shape[1]
     if num_extra <= 0:
-        return ones.to(torch.int64)
+        return as_index(ones)
     counts = top_replicas(weight, ones, num_extra, SAINTE_LAGUE, fresh=True)
     mean_bin = weight.sum(-1) / num_bins
-    heavy = (weight / counts).max(-1).values > mean_bin
+    heavy = row_max(weight / counts) > mean_bin
     # D'Hondt only where Sainte-Laguë's heaviest replica is above the mean bin: those
     # rows on the CPU; every row on CUDA, where picking rows would wait for the device.
-    if weight.device.type == "cpu":
-        rows = heavy.nonzero().squeeze(1)
-        if rows.numel() == 0:
-            return counts.to(torch.int64)
-    else:
-        rows = torch.arange(weight.shape[0], device=weight.device)
-    part, chosen = weight.index_select(0, rows), counts.index_select(0, rows)
-    dhondt = top_replicas(part, torch.ones_like(part), num_extra, 0.0, fresh=True)
-    floor_dhondt = torch.maximum((part / dhondt).max(-1).values, mean_bin.index_select(0, rows))
-    raised = heavy.index_select(0, rows) & ((part / chosen).max(-1).values > floor_dhondt)
-    counts.index_copy_(0, rows, torch.where(raised.unsqueeze(-1), dhondt, chosen))
-    return counts.to(torch.int64)
+    rows = arange(weight.shape[0], weight) if waits_for_device(weight) else true_rows(heavy)
+    if rows.shape[0] == 0:
+        return as_index(counts)
+    part, chosen = rows_of(weight, rows), rows_of(counts, rows)
+    dhondt = top_replicas(part, rows_of(ones, rows), num_extra, 0.0, fresh=True)
+    floor_dhondt = maximum(row_max(part / dhondt), rows_of(mean_bin, rows))
+    raised = rows_of(heavy, rows) & (row_max(part / chosen) > floor_dhondt)
+    return as_index(set_rows(counts, rows, where(raised.reshape(-1, 1), dhondt, chosen)))
 
 
-def deal_sorted(ranked: torch.Tensor, num_bins: int) -> torch.Tensor:
+def deal_sorted(ranked: Array, num_bins: int) -> Array:
     """Sorted rounds: round r deals items r * num_bins onwards (heaviest first), the
-    heaviest to the lightest bin so far; round 0 gives bin b item b.
+    heaviest to the lightest bin so far (ties to the lower bin); round 0 gives bin b
+    item b.
+
+    Each round sorts keys that pack a bin's float32 load with its number, so that the
+    sort carries the bins along and the loads come back out of the keys.
 
     Args:
         ranked: [B, m] non-negative item loads, heaviest first; m a multiple of num_bins.
@@ -197,33 +380,24 @@ def deal_sorted(ranked: torch.Tensor, num_bins: int) -> torch.Tensor:
     """
     rows, num_items = ranked.shape
     per_bin = num_items // num_bins
-    device = ranked.device
-    if device.type == "cpu":  # NumPy runs these small steps with several times less overhead
-        rounds = ranked.numpy().reshape(rows, per_bin, num_bins)
-        row = np.arange(rows)[:, None]
-        bin_of = [np.broadcast_to(np.arange(num_bins), (rows, num_bins))]
-        load = rounds[:, 0].copy()
-        for step in range(1, per_bin):
-            bin_of.append(lightest_bins(load))
-            if step + 1 < per_bin:
-                load[row, bin_of[-1]] += rounds[:, step]
-        bins = torch.from_numpy(np.stack(bin_of, 1))
-    else:
-        rounds = ranked.view(rows, per_bin, num_bins)
-        bin_of = [torch.arange(num_bins, device=device).expand(rows, -1)]
-        load = rounds[:, 0].clone()
-        for step in range(1, per_bin):
-            bin_of.append(lightest_first(load))
-            if step + 1 < per_bin:
-                load.scatter_add_(1, bin_of[-1], rounds[:, step])
-        bins = torch.stack(bin_of, 1)                                   # [B, rounds, num_bins]
-    position = (bins * per_bin + torch.arange(per_bin, device=device).view(1, per_bin, 1)).view(rows, num_items)
-    items = torch.arange(num_items, device=device).expand(rows, -1)
-    return torch.empty_like(position).scatter_(1, position, items)
+    rounds = ranked.reshape(rows, per_bin, num_bins)
+    bin_at = [broadcast(arange(num_bins, ranked).reshape(1, -1), (rows, num_bins))]   # bin taking each item
+    keys = (float_bits(rounds[:, 0]) << 32) | bin_at[0]
+    for step in range(1, per_bin):
+        keys = sorted_rows(keys)
+        bin_at.append(keys & 0xFFFFFFFF)
+        if step + 1 < per_bin:
+            load = float_of_bits(keys >> 32) + rounds[:, step]
+            keys = (float_bits(load) << 32) | bin_at[-1]
+    stack = np.stack if isinstance(ranked, np.ndarray) else torch.stack
+    rounds_index = arange(per_bin, ranked).reshape(1, per_bin, 1)
+    position = (stack(bin_at, 1) * per_bin + rounds_index).reshape(rows, num_items)
+    items = broadcast(arange(num_items, ranked).reshape(1, -1), (rows, num_items))
+    return put(full((rows, num_items), 0, position), position, items)
 
 
-def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_bins: int, rounds: int,
-                    pairs: int = PAIRS_PER_ROUND) -> torch.Tensor:
+def refine_by_swaps(item_loads: Array, position_item: Array, num_bins: int, rounds: int,
+                    pairs: int = PAIRS_PER_ROUND) -> Array:
     """Pair the i-th heaviest bin with the i-th lightest and, in every pair, make the
     one swap of items that brings the two loads closest; repeat while the heaviest
     pair still improves, at most `rounds` times.
@@ -239,60 +413,73 @@ def refine_by_swaps(item_loads: torch.Tensor, position_item: torch.Tensor, num_b
     half = min(num_bins // 2, pairs)
     if per_bin == 1 or half == 0:
         return position_item
-    position_item = position_item.clone()
+    position_item = position_item.copy() if isinstance(position_item, np.ndarray) else position_item.clone()
+    first_bin = arange(rows, item_loads).reshape(-1, 1) * num_bins
     for _ in range(rounds):
-        placed = item_loads.gather(1, position_item).view(rows, num_bins, per_bin)
-        order = lightest_first(placed.sum(-1))
-        by_load = placed.gather(1, order.unsqueeze(-1).expand(-1, -1, per_bin))   # bins, lightest first
-        light, heavy = by_load[:, :half], by_load[:, num_bins - half:].flip(1)
-        half_gap = (heavy.sum(-1) - light.sum(-1)) / 2
+        placed = take(item_loads, position_item).reshape(rows * num_bins, per_bin)
+        bin_load = placed.sum(-1).reshape(rows, num_bins)
+        order = lightest_first(bin_load)
+        light_bins, heavy_bins = order[:, :half], flip(order[:, num_bins - half:])
+        light, heavy = placed[light_bins + first_bin], placed[heavy_bins + first_bin]    # [B, half, per_bin]
+        half_gap = (take(bin_load, heavy_bins) - take(bin_load, light_bins)) / 2
         # Moving d = a - b from the heavy bin to the light one helps iff 0 < d < gap
         # and leaves |gap - 2d| = 2 |(a - gap / 2) - b| between them.
-        score = ((heavy - half_gap.unsqueeze(-1)).unsqueeze(-1) - light.unsqueeze(-2)).abs()
-        best, choice = score.view(rows, half, -1).min(-1)
-        useful = best < half_gap
-        if item_loads.device.type == "cpu" and not bool(useful[:, 0].any()):  # CUDA: no wait for the device
+        score = abs((heavy - half_gap.reshape(rows, half, 1)).reshape(rows, half, per_bin, 1)
+                    - light.reshape(rows, half, 1, per_bin)).reshape(rows, half, per_bin * per_bin)
+        choice = score.argmin(-1)
+        useful = row_min(score) < half_gap
+        if not waits_for_device(useful) and not bool(useful[:, 0].any()):
             break
-        src = order[:, num_bins - half:].flip(-1) * per_bin + choice // per_bin
-        dst = order[:, :half] * per_bin + choice % per_bin
-        at_src, at_dst = position_item.gather(1, src), position_item.gather(1, dst)
-        position_item.scatter_(1, src, torch.where(useful, at_dst, at_src))
-        position_item.scatter_(1, dst, torch.where(useful, at_src, at_dst))
+        src = heavy_bins * per_bin + choice // per_bin
+        dst = light_bins * per_bin + choice % per_bin
+        at_src, at_dst = take(position_item, src), take(position_item, dst)
+        put(position_item, src, where(useful, at_dst, at_src))
+        put(position_item, dst, where(useful, at_src, at_dst))
     return position_item
 
 
-def replica_experts(counts: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """counts: [B, n] summing to num_slots -> [B, num_slots], the expert of each
-    replica, replicas of one expert adjacent."""
-    starts = torch.zeros(counts.shape[0], num_slots + 1, dtype=torch.int64, device=counts.device)
-    starts.scatter_add_(1, counts.cumsum(-1), torch.ones_like(counts))
-    return starts[:, :num_slots].cumsum(-1)
+def expand(values: Array, counts: Array, width: int) -> Array:
+    """values, counts: [B, n], each row of counts summing to width -> [B, width],
+    each value repeated counts times, in order."""
+    rows = values.shape[0]
+    if isinstance(values, np.ndarray):
+        return np.repeat(values.reshape(-1), counts.reshape(-1)).reshape(rows, width)
+    return values.reshape(-1).repeat_interleave(counts.reshape(-1), output_size=rows * width).reshape(rows, width)
 
 
-def place_rows(weight: torch.Tensor, num_slots: int, num_bins: int, rounds: int) -> tuple[torch.Tensor, ...]:
+def replica_experts(counts: Array, num_slots: int) -> Array:
+    """counts: [B, n] non-negative, summing to num_slots -> [B, num_slots], the expert
+    of each replica, replicas of one expert adjacent."""
+    return expand(broadcast(arange(counts.shape[1], counts).reshape(1, -1), counts.shape), counts, num_slots)
+
+
+def place_rows(weight: Array, num_slots: int, num_bins: int, rounds: int) -> tuple[Array, ...]:
     """The global policy on each row: replica counts, sorted rounds, swap rounds.
 
     Args:
-        weight: [B, n] float, non-negative.
+        weight: [B, n] float32, non-negative.
     Returns:
         phy2log: [B, num_slots], the expert of each slot (bin b holds slots
         b * num_slots / num_bins onwards); rank: [B, num_slots], the copy number of
         each slot's expert (0 for its first slot); counts: [B, n] int64.
     """
-    usable = torch.where(weight.sum(-1, keepdim=True) > 0, weight, torch.ones_like(weight))
+    usable = where(weight.sum(-1).reshape(-1, 1) > 0, weight, full((1, 1), 1.0, weight))
     counts = replica_counts(usable, num_slots, num_bins)
-    replica_expert = replica_experts(counts, num_slots)      # copies of an expert adjacent
-    starts = counts.cumsum(-1) - counts
-    copy_number = torch.arange(num_slots, device=weight.device) - starts.gather(1, replica_expert)
-    loads = (usable / counts).gather(1, replica_expert)
-    heaviest_first = descending_order(loads)
-    position = heaviest_first.gather(1, deal_sorted(loads.gather(1, heaviest_first), num_bins))
-    position = refine_by_swaps(loads, position, num_bins, rounds)
-    return replica_expert.gather(1, position), copy_number.gather(1, position), counts
+    per_replica = usable / as_float(counts)
+    # Experts by replica load, then each one's replicas: replicas heaviest first, ties
+    # by expert, as a sort of the replicas themselves would order them.
+    heaviest = descending_order(per_replica)
+    ranked_counts = take(counts, heaviest)
+    replica_expert = expand(heaviest, ranked_counts, num_slots)
+    ranked = expand(take(per_replica, heaviest), ranked_counts, num_slots)
+    copy_number = arange(num_slots, weight).reshape(1, -1) - expand(ranked_counts.cumsum(-1) - ranked_counts,
+                                                                      ranked_counts, num_slots)
+    position = refine_by_swaps(ranked, deal_sorted(ranked, num_bins), num_bins, rounds)
+    return take(replica_expert, position), take(copy_number, position), counts
 
 
-def groups_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
-                    locality_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+def groups_to_nodes(weight: Array, num_groups: int, num_nodes: int,
+                    locality_tolerance: float) -> tuple[Array, Array]:
     """Whole expert groups packed onto nodes, and the policy of each layer (step 1).
 
     Args:
@@ -304,20 +491,20 @@ def groups_to_nodes(weight: torch.Tensor, num_groups: int, num_nodes: int,
     """
     num_layers, num_logical = weight.shape
     group_size = num_logical // num_groups
-    group_load = weight.view(num_layers, num_groups, group_size).sum(-1)
+    group_load = weight.reshape(num_layers, num_groups, group_size).sum(-1)
     heaviest_first = descending_order(group_load)
-    position_group = heaviest_first.gather(1, deal_sorted(group_load.gather(1, heaviest_first), num_nodes))
+    position_group = take(heaviest_first, deal_sorted(take(group_load, heaviest_first), num_nodes))
     if num_groups > 2 * num_nodes:  # with two groups per node the rounds pair optimally
         position_group = refine_by_swaps(group_load, position_group, num_nodes, NO_REDUNDANCY_ROUNDS)
-    node_load = group_load.gather(1, position_group).view(num_layers, num_nodes, -1).sum(-1)
-    local = node_load.max(-1).values <= (1 + locality_tolerance) * node_load.mean(-1)
-    nodemajor_to_log = ((position_group * group_size).unsqueeze(-1)
-                        + torch.arange(group_size, device=weight.device)).view(num_layers, num_logical)
+    node_load = take(group_load, position_group).reshape(num_layers, num_nodes, -1).sum(-1)
+    local = row_max(node_load) <= (1 + locality_tolerance) * node_load.mean(-1)
+    nodemajor_to_log = ((position_group * group_size).reshape(num_layers, num_groups, 1)
+                        + arange(group_size, weight).reshape(1, 1, -1)).reshape(num_layers, num_logical)
     return nodemajor_to_log, local
 
 
-def node_placement(weight: torch.Tensor, nodemajor_to_log: torch.Tensor, num_replicas: int, num_nodes: int,
-                   num_gpus: int, rounds: int) -> tuple[torch.Tensor, ...]:
+def node_placement(weight: Array, nodemajor_to_log: Array, num_replicas: int, num_nodes: int,
+                   num_gpus: int, rounds: int) -> tuple[Array, ...]:
     """Each node's experts get the node's slots: place_rows inside every node.
 
     Args:
@@ -327,12 +514,13 @@ def node_placement(weight: torch.Tensor, nodemajor_to_log: torch.Tensor, num_rep
     """
     num_layers, num_logical = weight.shape
     experts_per_node = num_logical // num_nodes
-    node_weight = weight.gather(1, nodemajor_to_log).view(num_layers * num_nodes, experts_per_node)
+    node_weight = take(weight, nodemajor_to_log).reshape(num_layers * num_nodes, experts_per_node)
     local_phy, rank, local_cnt = place_rows(node_weight, num_replicas // num_nodes, num_gpus // num_nodes, rounds)
-    node_offset = (torch.arange(num_nodes, device=weight.device) * experts_per_node).repeat(num_layers).unsqueeze(-1)
-    phy2log = nodemajor_to_log.gather(1, (local_phy + node_offset).view(num_layers, num_replicas))
-    logcnt = torch.empty_like(nodemajor_to_log).scatter_(1, nodemajor_to_log, local_cnt.view(num_layers, -1))
-    return phy2log, rank.view(num_layers, num_replicas), logcnt
+    node_offset = (arange(num_layers * num_nodes, weight) % num_nodes * experts_per_node).reshape(-1, 1)
+    phy2log = take(nodemajor_to_log, (local_phy + node_offset).reshape(num_layers, num_replicas))
+    logcnt = put(full(nodemajor_to_log.shape, 0, nodemajor_to_log), nodemajor_to_log,
+                 local_cnt.reshape(num_layers, -1))
+    return phy2log, rank.reshape(num_layers, num_replicas), logcnt
 
 
 def counts_of(phy2log: torch.Tensor, num_logical: int) -> torch.Tensor:
@@ -520,7 +708,10 @@ def repair_previous(weight: torch.Tensor, prev_phy2log: torch.Tensor, logcnt: to
     num_logical = weight.shape[1]
     prev_cnt = counts_of(prev_phy2log, num_logical)
     keep = copy_rank(prev_phy2log, prev_cnt) < logcnt.gather(1, prev_phy2log)
-    missing = replica_experts((logcnt - prev_cnt).clamp(min=0), num_replicas).clamp(max=num_logical - 1)
+    missing_cnt = (logcnt - prev_cnt).clamp(min=0)
+    # One more expert, past the last, takes the slots left over (the clamp drops it).
+    padded = torch.cat([missing_cnt, num_replicas - missing_cnt.sum(-1, keepdim=True)], 1)
+    missing = replica_experts(padded, num_replicas).clamp(max=num_logical - 1)
     # Experts the node no longer holds have count 0; they are never placed.
     per_replica = weight / logcnt.clamp(min=1)
     kept_load = (per_replica.gather(1, prev_phy2log) * keep).view(num_layers, num_gpus, -1).sum(-1)
@@ -559,7 +750,7 @@ def repair_in_nodes(weight: torch.Tensor, prev_phy2log: torch.Tensor, fresh: tor
     return repaired.reshape(num_layers, num_replicas)
 
 
-def listed_slots(phy2log: torch.Tensor, rank: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
+def listed_slots(phy2log: Array, rank: Array, logcnt: Array) -> Array:
     """log2phy: [L, E, X] from phy2log and each slot's copy number rank [L, R].
 
     X is logcnt.max() on the CPU; on CUDA it is R - E + 1, the most any expert can
@@ -567,10 +758,10 @@ def listed_slots(phy2log: torch.Tensor, rank: torch.Tensor, logcnt: torch.Tensor
     """
     num_layers, num_replicas = phy2log.shape
     num_logical = logcnt.shape[1]
-    width = int(logcnt.max()) if phy2log.device.type == "cpu" else num_replicas - num_logical + 1
-    log2phy = torch.full((num_layers, num_logical * width), -1, dtype=torch.int64, device=phy2log.device)
-    slots = torch.arange(num_replicas, device=phy2log.device).expand(num_layers, -1)
-    return log2phy.scatter_(1, phy2log * width + rank, slots).view(num_layers, num_logical, width)
+    width = num_replicas - num_logical + 1 if waits_for_device(phy2log) else int(logcnt.max())
+    log2phy = full((num_layers, num_logical * width), -1, phy2log)
+    slots = broadcast(arange(num_replicas, phy2log).reshape(1, -1), phy2log.shape)
+    return put(log2phy, phy2log * width + rank, slots).reshape(num_layers, num_logical, width)
 
 
 def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
@@ -578,8 +769,8 @@ def slots_of_experts(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tenso
     return listed_slots(phy2log, copy_rank(phy2log, logcnt), logcnt)
 
 
-def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-                locality_tolerance: float, rounds: int, node_rounds: int) -> tuple[torch.Tensor, ...]:
+def plan_layers(weight: Array, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+                locality_tolerance: float, rounds: int, node_rounds: int) -> tuple[Array, ...]:
     """The new placement, without regard to the old one; `rounds` swap rounds in the
     global policy, `node_rounds` where the scenario allows the hierarchical one.
 
@@ -591,24 +782,23 @@ def plan_layers(weight: torch.Tensor, num_replicas: int, num_groups: int, num_no
     """
     num_layers = weight.shape[0]
     if not (num_nodes > 1 and num_groups % num_nodes == 0) or locality_tolerance == SPREAD_ALWAYS:
-        return (*place_rows(weight, num_replicas, num_gpus, rounds),
-                torch.zeros(num_layers, dtype=torch.bool, device=weight.device))
+        return (*place_rows(weight, num_replicas, num_gpus, rounds), full((num_layers,), 0, weight) > 0)
     nodemajor_to_log, local = groups_to_nodes(weight, num_groups, num_nodes, locality_tolerance)
-    if weight.device.type != "cpu":  # both plans for every layer: no data-dependent branch on CUDA
+    if waits_for_device(weight):  # both plans for every layer: no data-dependent branch on CUDA
         in_nodes = node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, node_rounds)
         spread = place_rows(weight, num_replicas, num_gpus, node_rounds)
-        return (*(torch.where(local.unsqueeze(-1), a, b) for a, b in zip(in_nodes, spread)), local)
-    kept = local.nonzero().squeeze(1)
-    if kept.numel() == num_layers:
+        return (*(where(local.reshape(-1, 1), a, b) for a, b in zip(in_nodes, spread)), local)
+    kept = true_rows(local)
+    if kept.shape[0] == num_layers:
         return (*node_placement(weight, nodemajor_to_log, num_replicas, num_nodes, num_gpus, node_rounds), local)
-    spread_layers = (~local).nonzero().squeeze(1)
-    planned = place_rows(weight.index_select(0, spread_layers), num_replicas, num_gpus, node_rounds)
-    if kept.numel() == 0:
+    spread_layers = true_rows(~local)
+    planned = place_rows(rows_of(weight, spread_layers), num_replicas, num_gpus, node_rounds)
+    if kept.shape[0] == 0:
         return (*planned, local)
-    in_nodes = node_placement(weight.index_select(0, kept), nodemajor_to_log.index_select(0, kept),
+    in_nodes = node_placement(rows_of(weight, kept), rows_of(nodemajor_to_log, kept),
                               num_replicas, num_nodes, num_gpus, node_rounds)
-    merged = tuple(torch.empty((num_layers, *a.shape[1:]), dtype=a.dtype).index_copy_(0, kept, a)
-                   .index_copy_(0, spread_layers, b) for a, b in zip(in_nodes, planned))
+    merged = tuple(set_rows(set_rows(full((num_layers, *a.shape[1:]), 0, a), kept, a), spread_layers, b)
+                   for a, b in zip(in_nodes, planned))
     return (*merged, local)
 
 
@@ -677,15 +867,19 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, *, 
             planning window better and the next one worse (docs/fast.md).
     """
     num_logical = weight.shape[1]
-    w = weight.detach().to(torch.float32).clamp(min=0) + 0.0  # + 0.0 turns -0.0 into 0.0
+    w = weight.detach().to(torch.float32)
+    # Steps 1-3 on NumPy arrays on the CPU, on torch tensors elsewhere; clamp, and
+    # + 0.0 turns -0.0 into 0.0.
+    w = np.maximum(w.numpy(), 0) + 0.0 if w.device.type == "cpu" else w.clamp(min=0) + 0.0
     redundant = num_replicas > num_logical
     node_rounds = rounds if rounds is not None else NODE_REFINE_ROUNDS if redundant else NO_REDUNDANCY_ROUNDS
     if rounds is None:
         rounds = REFINE_ROUNDS if redundant else NO_REDUNDANCY_ROUNDS
-    phy2log, rank, logcnt, local = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance,
-                                               rounds, node_rounds)
+    planned = plan_layers(w, num_replicas, num_groups, num_nodes, num_gpus, locality_tolerance, rounds, node_rounds)
     if prev_phy2log is None:
-        return phy2log, listed_slots(phy2log, rank, logcnt), logcnt
+        phy2log, rank, logcnt, _ = planned
+        return tuple(as_torch(a) for a in (phy2log, listed_slots(phy2log, rank, logcnt), logcnt))
+    w, phy2log, _, logcnt, local = (as_torch(a) for a in (w, *planned))
     prev = torch.as_tensor(prev_phy2log, device=w.device)
     if (prev.is_floating_point() or prev.is_complex() or prev.shape != phy2log.shape
             or bool(((prev < 0) | (prev >= num_logical)).any())):
@@ -709,3 +903,4 @@ def rebalance_experts_spread(weight, num_replicas, num_groups, num_nodes, num_gp
     (internode_share). Arguments as in rebalance_experts."""
     return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, prev_phy2log=prev_phy2log,
                              locality_tolerance=SPREAD_ALWAYS, migration_tolerance=migration_tolerance)
+

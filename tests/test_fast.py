@@ -324,3 +324,40 @@ def test_negative_zero_weighs_nothing():
     positive = fast(torch.tensor([[0.0, 100.0, 50.0, 10.0]]), 8, 1, 1, 4)
     negative = fast(torch.tensor([[-0.0, 100.0, 50.0, 10.0]]), 8, 1, 1, 4)
     assert all(torch.equal(a, b) for a, b in zip(positive, negative))
+
+
+STANDARD_SHAPES = [  # (layers, experts, replicas, groups, nodes, gpus), as the shipped scenarios have them
+    (6, 256, 288, 8, 4, 32), (6, 256, 288, 8, 18, 144), (6, 128, 136, 1, 1, 8), (6, 384, 480, 1, 12, 96),
+    (6, 8, 16, 1, 1, 8), (6, 128, 144, 1, 2, 16), (6, 128, 128, 1, 1, 8), (6, 64, 288, 8, 4, 32)]
+
+
+@pytest.mark.parametrize("shape", STANDARD_SHAPES)
+@pytest.mark.parametrize("spread", [False, True])
+def test_the_torch_code_path_plans_as_the_numpy_one(shape, spread, monkeypatch):
+    """A CPU call plans on NumPy arrays; a CUDA call runs the same functions on torch
+    tensors, computing both policies and choosing per layer. Run that torch path
+    here on CPU tensors, as a CUDA device would, and compare."""
+    layers, experts, replicas, groups, nodes, gpus = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    weight = (torch.rand(layers, experts, generator=generator) ** 4 * 1000).round()
+    weight[0, : experts // 2] = 0.0                                   # a half-idle layer
+    weight[1] = 0.0                                                   # an idle layer
+    weight[2, 0] = 1e6                                                # one dominant expert
+    args = (replicas, groups, nodes, gpus, fast_module.SPREAD_ALWAYS if spread else fast_module.LOCALITY_TOLERANCE,
+            fast_module.REFINE_ROUNDS, fast_module.NODE_REFINE_ROUNDS)
+    planned = fast_module.plan_layers(weight.numpy().copy(), *args)
+    monkeypatch.setattr(fast_module, "waits_for_device", lambda a: isinstance(a, torch.Tensor))
+    planned_torch = fast_module.plan_layers(weight.clone(), *args)
+    assert all(isinstance(a, torch.Tensor) for a in planned_torch)
+    for numpy_part, torch_part in zip(planned, planned_torch):
+        assert torch.equal(torch.from_numpy(numpy_part), torch_part)
+
+
+def test_a_cpu_call_returns_int64_tensors_apart_from_its_input():
+    weight = (torch.rand(4, 64) * 100).round()
+    before = weight.clone()
+    phy2log, log2phy, logcnt = fast(weight, 72, 4, 2, 8)
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in (phy2log, log2phy, logcnt))
+    assert torch.equal(weight, before)
+    phy2log[:] = 0
+    assert torch.equal(weight, before)
