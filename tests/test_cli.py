@@ -257,6 +257,19 @@ def test_bench_speed_prints_medians_and_ratios(capsys):
     # Ratios come from unrounded medians; the printed ones are rounded to 0.01 ms.
     assert float(cells[-2][:-1]) == pytest.approx(deepseek_ms / fast_ms, rel=0.05, abs=0.06)
     assert float(cells[-1][:-1]) == pytest.approx(seed_ms / fast_ms, rel=0.05, abs=0.06)
+    # One row: the geometric means are that row's ratios.
+    assert out.splitlines()[4].split() == ["geometric", "mean", cells[-2], cells[-1]]
+
+
+def test_speed_ratios_keep_three_digits_and_average_geometrically():
+    from eplb_bench.evaluation.speed import SpeedRow, format_speed
+
+    rows = [SpeedRow("a", "s", {"fast": 2.0, "slow": 2000.0, "quick": 0.002}, {}),
+            SpeedRow("b", "s", {"fast": 1.0, "slow": 10.0, "quick": None}, {"quick": "raised: no"})]
+    lines = format_speed(rows, ["fast", "slow", "quick"], "fast").splitlines()
+    assert lines[2].split()[-2:] == ["1000x", "0.001x"]
+    assert lines[3].split()[-2:] == ["10x", "-"] and "failed" in lines[3] and "quick: raised: no" in lines[4]
+    assert lines[5].split() == ["geometric", "mean", "100x", "0.001x"]    # sqrt(1000 * 10)
 
 
 def test_bench_speed_rejects_a_reference_it_does_not_time(capsys):

@@ -9,6 +9,7 @@ run. Ratios are balancer median / reference median.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -63,18 +64,32 @@ def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, d
     return SpeedRow(dataset.name, scenario.name or scenario.label(), medians, errors)
 
 
+def format_ratio(ratio: float) -> str:
+    """A ratio with three significant digits whatever its size (speed ratios span 1e-4 to 1e4)."""
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+
+
 def format_speed(rows: list[SpeedRow], names: list[str], target: str) -> str:
-    """A text table: one column of median ms per balancer, then ratios name / target."""
+    """A text table: one column of median ms per balancer, then ratios name / target,
+    and a last line with each ratio's geometric mean over the rows that timed both."""
     others = [name for name in names if name != target]
-    header = f"{'dataset':18s} {'scenario':28s}" + "".join(f"{name + ' ms':>16s}" for name in names)
-    header += "".join(f"{name + '/' + target:>18s}" for name in others)
+    width = max([16] + [len(name) + 4 for name in names])
+    ratio_width = max([12] + [len(name) + len(target) + 3 for name in others])
+    header = f"{'dataset':18s} {'scenario':28s}" + "".join(f"{name + ' ms':>{width}s}" for name in names)
+    header += "".join(f"{name + '/' + target:>{ratio_width}s}" for name in others)
     lines = [header, "-" * len(header)]
+    logs: dict[str, list[float]] = {name: [] for name in others}
     for row in rows:
-        cells = [f"{row.median_ms[name]:16.2f}" if row.median_ms[name] is not None else f"{'failed':>16s}" for name in names]
+        cells = [f"{row.median_ms[name]:{width}.2f}" if row.median_ms[name] is not None else f"{'failed':>{width}s}"
+                 for name in names]
         for name in others:
             mine, theirs = row.median_ms[target], row.median_ms[name]
-            cells.append(f"{theirs / mine:17.1f}x" if mine and theirs else f"{'-':>18s}")
+            if mine and theirs:
+                logs[name].append(math.log(theirs / mine))
+            cells.append(f"{format_ratio(theirs / mine):>{ratio_width}s}" if mine and theirs else f"{'-':>{ratio_width}s}")
         lines.append(f"{row.dataset:18s} {row.scenario:28s}" + "".join(cells))
         for name, error in row.errors.items():
             lines.append(f"  {name}: {error}")
+    means = [format_ratio(math.exp(sum(values) / len(values))) if values else "-" for values in logs.values()]
+    lines.append(f"{'geometric mean':47s}" + " " * (width * len(names)) + "".join(f"{m:>{ratio_width}s}" for m in means))
     return "\n".join(lines)
