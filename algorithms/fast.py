@@ -301,6 +301,15 @@ def candidate_table(grants: int, num_items: int, fresh: bool) -> np.ndarray:
     return table
 
 
+def grant(counts: Array, expert: Array, priority: Array, grants: int) -> Array:
+    """counts: [B, n] float32; expert, priority: [B, k], candidate replicas -> [B, n]
+    counts plus one replica for each of the `grants` highest priorities (ties to the
+    earlier candidate)."""
+    winners = take(expert, largest_first(priority, grants, False))
+    counts = counts.copy() if isinstance(counts, np.ndarray) else counts.clone()
+    return add_at(counts, winners, full(winners.shape, 1, counts))
+
+
 def top_replicas(weight: Array, counts: Array, grants: int, beta: float, fresh: bool) -> Array:
     """Grant the `grants` highest replica priorities of every row.
 
@@ -318,23 +327,17 @@ def top_replicas(weight: Array, counts: Array, grants: int, beta: float, fresh: 
     """
     if grants <= 0:
         return counts
-    counts = counts.copy() if isinstance(counts, np.ndarray) else counts.clone()
-    if grants == 1:  # the first of the highest priorities (argmax takes the first of equals)
-        best = (weight / (counts - beta)).argmax(-1).reshape(-1, 1)
-        return add_at(counts, best, full(best.shape, 1, counts))
     rank, step = constant(candidate_table(grants, weight.shape[1], fresh), weight)
-    ranked = largest_first(weight / (counts - beta), min(grants, weight.shape[1]))
-    expert = ranked[:, rank]
-    priority = take(weight, expert) / (take(counts, expert) + (as_float(step) - beta))
-    winners = take(expert, largest_first(priority, grants, False))
-    return add_at(counts, winners, full(winners.shape, 1, counts))
+    expert = largest_first(weight / (counts - beta), min(grants, weight.shape[1]))[:, rank]
+    return grant(counts, expert, take(weight, expert) / (take(counts, expert) + (as_float(step) - beta)), grants)
 
 
 def replica_counts(weight: Array, num_slots: int, num_bins: int) -> Array:
     """Replica counts by Sainte-Laguë (the next replica of an expert with c has priority
     weight / (c - 1/2)), except in rows where that would raise the floor of the peak
     bin load, max(mean bin load, heaviest replica): there D'Hondt (weight / c), which
-    makes the heaviest replica as light as it can be.
+    makes the heaviest replica as light as it can be. Both as top_replicas would give
+    them from one replica each.
 
     Sainte-Laguë hands replicas to more experts than D'Hondt and plans better for the
     next window wherever replicas are small next to a bin's share (see docs/fast.md);
@@ -349,7 +352,13 @@ def replica_counts(weight: Array, num_slots: int, num_bins: int) -> Array:
     num_extra = num_slots - weight.shape[1]
     if num_extra <= 0:
         return as_index(ones)
-    counts = top_replicas(weight, ones, num_extra, SAINTE_LAGUE, fresh=True)
+    # From one replica each, weight / (1 - beta) ranks the experts as weight does under
+    # both rules (dividing by 1 or by 1/2 is exact): one ranking, one set of candidates.
+    rank, step = constant(candidate_table(num_extra, weight.shape[1], True), weight)
+    expert = largest_first(weight, min(num_extra, weight.shape[1]))[:, rank]
+    candidate_weight = take(weight, expert)
+    later = as_float(step)
+    counts = grant(ones, expert, candidate_weight / (1.0 + (later - SAINTE_LAGUE)), num_extra)
     mean_bin = weight.sum(-1) / num_bins
     heavy = row_max(weight / counts) > mean_bin
     # D'Hondt only where Sainte-Laguë's heaviest replica is above the mean bin: those
@@ -358,7 +367,8 @@ def replica_counts(weight: Array, num_slots: int, num_bins: int) -> Array:
     if rows.shape[0] == 0:
         return as_index(counts)
     part, chosen = rows_of(weight, rows), rows_of(counts, rows)
-    dhondt = top_replicas(part, rows_of(ones, rows), num_extra, 0.0, fresh=True)
+    dhondt = grant(rows_of(ones, rows), rows_of(expert, rows), rows_of(candidate_weight, rows) / (1.0 + (later - 0.0)),
+                   num_extra)
     floor_dhondt = maximum(row_max(part / dhondt), rows_of(mean_bin, rows))
     raised = rows_of(heavy, rows) & (row_max(part / chosen) > floor_dhondt)
     return as_index(set_rows(counts, rows, where(raised.reshape(-1, 1), dhondt, chosen)))
@@ -387,8 +397,7 @@ def deal_sorted(ranked: Array, num_bins: int) -> Array:
         keys = sorted_rows(keys)
         bin_at.append(keys & 0xFFFFFFFF)
         if step + 1 < per_bin:
-            load = float_of_bits(keys >> 32) + rounds[:, step]
-            keys = (float_bits(load) << 32) | bin_at[-1]
+            keys = (float_bits(float_of_bits(keys >> 32) + rounds[:, step]) << 32) | bin_at[-1]
     stack = np.stack if isinstance(ranked, np.ndarray) else torch.stack
     rounds_index = arange(per_bin, ranked).reshape(1, per_bin, 1)
     position = (stack(bin_at, 1) * per_bin + rounds_index).reshape(rows, num_items)
