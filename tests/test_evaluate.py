@@ -244,26 +244,38 @@ def test_memory_held_outside_the_address_space_meets_the_memory_cap(program):
 
 
 # -- timing the program cannot forge ------------------------------------------------
+def charged_at_least(record: dict, seconds: float) -> bool:
+    """Whether a program that spends `seconds` inside each call was charged for it.
+
+    Each call is charged its round trip less a transfer baseline taken before the program
+    was loaded, so the bound is `seconds` less the largest calibration point: a noisy
+    calibration may take a few ms off, a forged clock or hidden work could take far more.
+    """
+    largest_baseline_ms = max(ms for points in record["isolated"]["calibration_ms"].values() for _, ms in points)
+    return record["isolated"]["roundtrip_ms"] >= seconds * 1e3 and \
+        record["runtime_ms"] >= seconds * 1e3 - largest_baseline_ms
+
+
 @needs_namespaces
 def test_work_done_while_the_request_is_still_being_written_is_timed(program):
     """The program takes the protocol over, shrinks the request pipe and sleeps 0.3 s
     on each weight before it has read the previous placement that follows it."""
     [record] = evaluate(hostile(program, "reads_ahead"), "mixtral-8x7b", timeout=20)
     assert record["status"] == "ok", record["error"]
-    assert record["prev_placement"] == "passed" and record["runtime_ms"] >= 300
+    assert record["prev_placement"] == "passed" and charged_at_least(record, 0.3)
 
 @needs_namespaces
 def test_a_forged_clock_does_not_shorten_the_runtime(program):
     [record] = evaluate(hostile(program, "forges_clock"), "mixtral-8x7b", timeout=20)
     assert record["status"] == "ok", record["error"]
-    assert record["runtime_ms"] >= 300 and record["isolated"]["child_clock_ms"] is None
+    assert charged_at_least(record, 0.3) and record["isolated"]["child_clock_ms"] is None
 
 
 @needs_namespaces
 def test_work_hidden_in_lazy_outputs_is_timed(program):
     [record] = evaluate(hostile(program, "lazy_output"), "mixtral-8x7b", timeout=20)
     assert record["status"] == "ok", record["error"]
-    assert record["runtime_ms"] >= 300   # three arrays, 0.1 s each
+    assert charged_at_least(record, 0.3)   # three arrays, 0.1 s each
 
 
 @needs_namespaces
