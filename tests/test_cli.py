@@ -292,3 +292,24 @@ def test_program_files_do_not_claim_a_device(small_npz, tmp_path, capsys):
     program.write_text("def rebalance_experts(w, r, g, n, p):\n    raise RuntimeError\n")
     job = Job(file_algorithm_info(program), load_dataset(str(small_npz)), Scenario(24, 1, 1, 8), device="cuda")
     assert computed_on(job) == "cuda input (where it computes is not declared)"
+
+
+def test_bench_speed_turns_the_order_of_the_balancers_at_every_window():
+    """The first call of a round runs after another balancer's: no balancer may always be it."""
+    from eplb_bench.core.registry import AlgorithmInfo, algorithm_info
+    from eplb_bench.evaluation.speed import time_scenario
+
+    fast, calls = algorithm_info("fast").function, []
+
+    def logged(name):
+        def balancer(weight, *scenario):
+            calls.append(name)
+            return fast(weight, *scenario)
+        return AlgorithmInfo(name=name, function=balancer, description="", devices=("cpu",))
+
+    dataset = load_dataset("mixtral-8x7b")
+    row = time_scenario([logged("a"), logged("b"), logged("c")], dataset, dataset.scenarios[0], "cpu", calls=5)
+    assert not row.errors and all(row.median_ms[name] > 0 for name in "abc")
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert [r[0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)

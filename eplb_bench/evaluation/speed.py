@@ -2,7 +2,9 @@
 
 Every balancer gets the same windows of each dataset's default scenarios (as the
 runner hands them over), after an untimed warm-up; calls alternate between balancers
-so that a slow phase of a shared machine hits them alike. With `previous`, balancers
+so that a slow phase of a shared machine hits them alike, and the order turns by one
+at every window, so that no balancer always runs first, right after another's
+caches (the first call of a round ran up to twice as slow as the same code after it). With `previous`, balancers
 that accept `prev_phy2log` get their own placement of the window before, as in a
 run. Ratios are balancer median / reference median.
 """
@@ -48,7 +50,8 @@ def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, d
     errors: dict[str, str] = {}
     for call in range(calls + 1):
         weight = windows[call % windows.shape[0]]
-        for info in algorithms:
+        turn = call % len(algorithms)
+        for info in algorithms[turn:] + algorithms[:turn]:
             if info.name in errors:
                 continue
             handed = placed.get(info.name) if previous and accepts_previous(info) else None
