@@ -294,8 +294,8 @@ def test_program_files_do_not_claim_a_device(small_npz, tmp_path, capsys):
     assert computed_on(job) == "cuda input (where it computes is not declared)"
 
 
-def test_bench_speed_turns_the_order_of_the_balancers_at_every_window():
-    """The first call of a round runs after another balancer's: no balancer may always be it."""
+def test_bench_speed_calls_the_balancers_in_a_fresh_order_at_every_window():
+    """A call right after the same code runs warm: no balancer may always follow the same one."""
     from eplb_bench.core.registry import AlgorithmInfo, algorithm_info
     from eplb_bench.evaluation.speed import time_scenario
 
@@ -308,8 +308,13 @@ def test_bench_speed_turns_the_order_of_the_balancers_at_every_window():
         return AlgorithmInfo(name=name, function=balancer, description="", devices=("cpu",))
 
     dataset = load_dataset("mixtral-8x7b")
-    row = time_scenario([logged("a"), logged("b"), logged("c")], dataset, dataset.scenarios[0], "cpu", calls=5)
+    row = time_scenario([logged(name) for name in "abc"], dataset, dataset.scenarios[0], "cpu", calls=11)
     assert not row.errors and all(row.median_ms[name] > 0 for name in "abc")
     rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
-    assert [r[0] for r in rounds] == ["a", "b", "c", "a", "b", "c"]
-    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len(rounds) == 12 and all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    # Seeded: the same orders every run, and b is preceded by a, by c and by nothing.
+    before_b = {r[r.index("b") - 1] if r.index("b") else None for r in rounds}
+    assert before_b == {"a", "c", None}
+    calls.clear()
+    time_scenario([logged(name) for name in "abc"], dataset, dataset.scenarios[0], "cpu", calls=11)
+    assert [calls[i:i + 3] for i in range(0, len(calls), 3)] == rounds

@@ -2,9 +2,10 @@
 
 Every balancer gets the same windows of each dataset's default scenarios (as the
 runner hands them over), after an untimed warm-up; calls alternate between balancers
-so that a slow phase of a shared machine hits them alike, and the order turns by one
-at every window, so that no balancer always runs first, right after another's
-caches (the first call of a round ran up to twice as slow as the same code after it). With `previous`, balancers
+so that a slow phase of a shared machine hits them alike, in a fresh order at every
+window (shuffled, seeded by the window's index), so that no balancer always runs right
+after the same one: a call that follows the same code (`fast_spread` after `fast`)
+finds its caches warm and ran twice as fast as one that follows another balancer's. With `previous`, balancers
 that accept `prev_phy2log` get their own placement of the window before, as in a
 run. Ratios are balancer median / reference median.
 """
@@ -12,6 +13,7 @@ run. Ratios are balancer median / reference median.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from dataclasses import dataclass
 
@@ -50,8 +52,9 @@ def time_scenario(algorithms: list[AlgorithmInfo], dataset: Dataset, scenario, d
     errors: dict[str, str] = {}
     for call in range(calls + 1):
         weight = windows[call % windows.shape[0]]
-        turn = call % len(algorithms)
-        for info in algorithms[turn:] + algorithms[:turn]:
+        order = list(algorithms)
+        random.Random(call).shuffle(order)
+        for info in order:
             if info.name in errors:
                 continue
             handed = placed.get(info.name) if previous and accepts_previous(info) else None
