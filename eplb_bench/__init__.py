@@ -17,6 +17,7 @@ __all__ = [
     "RegistryError",
     "Scenario",
     "ScenarioError",
+    "evaluate_program",
     "get_algorithm",
     "list_algorithms",
     "load_algorithm_file",
@@ -37,6 +38,10 @@ def __getattr__(name):
         from eplb_bench.data import dataset
 
         return getattr(dataset, name)
+    if name == "evaluate_program":  # the entry point for search frameworks (eplb_bench.evaluation.search)
+        from eplb_bench.evaluation.search import evaluate_program
+
+        return evaluate_program
     if name == "lower_bound":  # scipy loads only when bounds are asked for
         from eplb_bench.bounds.solver import lower_bound
 

@@ -52,8 +52,12 @@ def add_thread_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_control(parser: argparse.ArgumentParser) -> None:
-    """--threads and --quiet, shared by run and evaluate."""
+    """--threads, --jobs, --executor and --quiet, shared by run and evaluate."""
     add_thread_argument(parser)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="local worker processes, one core each, recorded with the results (default 1)")
+    parser.add_argument("--executor", metavar="dask://HOST:PORT",
+                        help="run on an existing Dask cluster instead (start its workers one thread each)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -97,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--imported", action="store_true",
                      help="with no --datasets: the imported datasets too (see datasets import)")
     add_run_control(run)
-    evaluate = commands.add_parser("evaluate", help="score a program file in a separate, confined process")
-    evaluate.add_argument("program", help="a .py file that defines rebalance_experts (the OpenEvolve/ADRS form)")
+    evaluate = commands.add_parser("evaluate", help="score program files, each in a separate, confined process")
+    evaluate.add_argument("programs", nargs="+", metavar="PROGRAM",
+                          help=".py files that define rebalance_experts (the OpenEvolve/ADRS form), or folders of them")
     add_scenario_arguments(evaluate)
     evaluate.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                           help=f"seconds per call, and for loading the program at least {STARTUP_SECONDS:g} "

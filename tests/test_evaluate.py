@@ -289,8 +289,9 @@ def test_the_runtime_is_the_parents_round_trip_less_a_calibrated_baseline(progra
     assert set(timing["calibration_ms"]) == {"plain", "with_previous"}
     for points in timing["calibration_ms"].values():
         sizes = [size for size, _ in points]
-        # phy2log [32, 16], log2phy [32, 8, width] and logcnt [32, 8] int64; widths 2, 4, 8 and 9.
-        assert sizes == [8 * (32 * 16 + 32 * 8 * width + 32 * 8) for width in (2, 4, 8, 9)]
+        # phy2log [32, 16], log2phy [32, 8, width] and logcnt [32, 8] int64; widths 2, 4 and 9
+        # (the doubling 8 is within 25% of the widest, 9).
+        assert sizes == [8 * (32 * 16 + 32 * 8 * width + 32 * 8) for width in (2, 4, 9)]
 
 
 # -- a parent that cannot be hung or flooded ----------------------------------------

@@ -35,6 +35,7 @@ from eplb_bench.bounds.solver import MAX_VARIABLES, SOLVER, hierarchical_applies
 from eplb_bench.data.dataset import Dataset, DatasetError
 from eplb_bench.data.manifests import read_manifest, scenario_key
 from eplb_bench.core.registry import RegistryError, get_algorithm
+from eplb_bench.evaluation.parallel import close_executor, open_executor
 
 FIELDS = ("lower_bound", "source", "status", "seconds")
 SAVE_EVERY_S = 2.0
@@ -123,18 +124,6 @@ def write_manifest(path: Path, manifest: dict) -> None:
     partial.replace(path)
 
 
-def open_executor(jobs: int, address: str | None):
-    """Local processes, or the executor of the Dask cluster at dask://HOST:PORT."""
-    if address is None:
-        return futures.ProcessPoolExecutor(max_workers=jobs), None
-    try:
-        from distributed import Client
-    except ImportError:
-        raise RuntimeError("--executor dask://...: dask.distributed is not installed (pip install 'eplb-bench[dask]')") from None
-    client = Client(address.removeprefix("dask://"), timeout=30)
-    return client.get_executor(), client
-
-
 def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, executor: str | None = None,
                    max_variables: int = MAX_VARIABLES, force: bool = False,
                    progress: Callable[[dict, int, int], None] | None = None) -> dict:
@@ -171,7 +160,7 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
                                     max_variables, None if peaks is None else float(peaks[w, l]))
                           for w, l in missing]
     done, kept, last_save = 0, 0, time.perf_counter()
-    pool, client = open_executor(jobs, executor) if tasks else (None, None)
+    pool, client, _ = open_executor(jobs, executor) if tasks else (None, None, None)
     pending = []
     try:
         pending = [pool.submit(solve_task, task) for task in tasks]
@@ -198,10 +187,7 @@ def compute_bounds(datasets: list[Dataset], time_limit: float, jobs: int = 1, ex
             future.cancel()
         for path, manifest in manifests.items():
             write_manifest(Path(path), manifest)
-        if client is not None:
-            client.close()   # the Dask executor goes with its client
-        elif pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        close_executor(pool, client, wait=False)
     return {"done": done, "total": len(tasks), "skipped": skipped, "kept": kept,
             "seconds": time.perf_counter() - started}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -20,7 +21,8 @@ from eplb_bench.core.results import ResultsWriter, read_results
 from eplb_bench.data.predictors import parse_predictor
 from eplb_bench.core.record import CROSS_WORKLOAD
 from eplb_bench.data.predictors import Predictor
-from eplb_bench.evaluation.runner import Job, job_records, run_records
+from eplb_bench.evaluation.parallel import ExecutorError, check_executor, map_units
+from eplb_bench.evaluation.runner import Job, algorithm_reference, job_records, run_unit
 from eplb_bench.reports.text import format_table
 
 
@@ -62,6 +64,10 @@ def command_run(args) -> int:
     if args.resume and not args.out:
         raise UsageError("--resume needs --out FILE")
     try:
+        check_executor(args.jobs, args.executor)
+    except ExecutorError as exc:
+        raise UsageError(str(exc)) from None
+    try:
         predictor = parse_predictor(args.predictor)
     except ValueError as exc:
         raise UsageError(f"--predictor: {exc}") from None
@@ -90,15 +96,22 @@ def command_run(args) -> int:
     out = ResultsWriter(args.out) if args.out else None
     try:
         with progress_bar(len(jobs), "run", args.quiet) as bar:
-            for job in jobs:
-                bar.set_postfix_str(job_label(job), refresh=True)
-                for record in run_records(job, repeat=args.repeat):
+            def finished(index, job_records_done):
+                for record in job_records_done:
                     records.append(record)
                     if out:
-                        out.append(record)
+                        out.append(record)   # as each job ends: an interrupted run keeps what it finished
                     if args.json:
                         bar.write(record.to_json(), file=sys.stdout)
+                bar.set_postfix_str(job_label(jobs[index]), refresh=False)
                 bar.update()
+            # A loaded function does not travel to a worker: its reference does (run_unit).
+            units = [(algorithm_reference(job.algorithm), dataclasses.replace(job, algorithm=None), args.repeat)
+                     for job in jobs]
+            try:
+                map_units(run_unit, units, args.jobs, args.executor, args.threads, finished)
+            except ExecutorError as exc:
+                raise UsageError(str(exc)) from None
     finally:
         if out:
             out.close()

@@ -67,13 +67,14 @@ def harness_commit() -> str | None:
 
 
 def machine_identity(device: str) -> dict:
-    """The facts a runtime depends on: CPU model, logical cores, thread count, library
-    versions, commit, and the GPU for a CUDA device."""
+    """The facts a runtime depends on: CPU model, logical cores, the cores this process
+    may use, thread count, library versions, commit, and the GPU for a CUDA device."""
     identity = {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count() or 1,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -96,6 +97,8 @@ def machine_label(host: dict, device: str) -> str:
         parts.append(f"{host['logical_cores']} cores")
     if host.get("threads") is not None:
         parts.append(f"{host['threads']} thread{'s' if host['threads'] != 1 else ''}")
+    if (host.get("concurrent_jobs") or 1) > 1:
+        parts.append(f"{host['concurrent_jobs']} concurrent jobs")
     for library in ("torch", "numpy"):
         if host.get(library):
             parts.append(f"{library} {str(host[library]).split('+')[0]}")

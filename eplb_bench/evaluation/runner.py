@@ -37,7 +37,7 @@ from eplb_bench.data.predictors import Predictor, predicted_windows
 from eplb_bench.data.manifests import stored_lower_bounds
 from eplb_bench.core.machine import harness_commit, machine_identity
 from eplb_bench.core.record import CROSS_WORKLOAD, Record
-from eplb_bench.core.registry import AlgorithmInfo
+from eplb_bench.core.registry import AlgorithmInfo, algorithm_info, file_algorithm_info, list_algorithms
 from eplb_bench.core.scoring import all_scores
 from eplb_bench.core.simulate import bound_metrics, internode_share, placement_metrics
 
@@ -62,6 +62,8 @@ class Job:
     predictor: Predictor = Predictor()
     # Hand the previous window's placement to balancers that accept `prev_phy2log`.
     migration: bool = True
+    # Jobs that ran at once on this machine (or cluster): recorded with the host.
+    concurrent_jobs: int = 1
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -223,7 +225,7 @@ def base_record(job: Job, repeat: int) -> Record:
         computed_on=computed_on(job),
         eplb_bench_version=__version__,
         commit=harness_commit(),
-        host=machine_identity(job.device),
+        host={**machine_identity(job.device), "concurrent_jobs": job.concurrent_jobs},
         timestamp=_datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -430,6 +432,19 @@ def restarted(job: Job, weight: torch.Tensor, failure: BalancerFailure, workload
     except BalancerFailure as again:
         return BalancerFailure(again.status, f"not run: no fresh child after {workload} ended ({again})")
     return None
+
+
+def algorithm_reference(info: AlgorithmInfo) -> str:
+    """What names a balancer for another process: its registered name, or its file."""
+    registered = info.name in list_algorithms() and algorithm_info(info.name) is info
+    return info.name if registered else str(info.source)
+
+
+def run_unit(reference: str, job: Job, repeat: int = 1, concurrent_jobs: int = 1) -> list[Record]:
+    """run_records of `job` in a worker: the balancer is looked up again there by its
+    reference (algorithm_reference), since a loaded function does not travel."""
+    info = file_algorithm_info(reference) if reference.endswith(".py") else algorithm_info(reference)
+    return run_records(dataclasses.replace(job, algorithm=info, concurrent_jobs=concurrent_jobs), repeat)
 
 
 def run_jobs(jobs: Iterable[Job], repeat: int = 1) -> Iterator[Record]:

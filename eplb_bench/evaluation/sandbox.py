@@ -11,12 +11,17 @@ sends the one window to plan for (and the previous placement to a program that t
   its tail;
 - anything that is not the protocol is `crash` or `invalid`.
 
-**Timing.** The runtime that scores is the parent's: from the last byte of the
+One child can serve several scenario shapes (`start(shapes)`): the evaluator reuses a
+child across the scenarios of different datasets, so that starting Python and importing
+torch is paid once (eplb_bench.evaluation.evaluate says which scenarios may share one).
+
+**Timing.** The runtime that scores is the parent's: from the first byte of the
 request written to the last byte of the reply read, less the transfer baseline. The
-baseline is measured before the program is loaded, in the same child: `echo` calls
-with the same request and reply sizes as real calls (medians, at the narrowest valid
-log2phy, its doublings and the widest; a reply in between gets the baseline
-interpolated by its size). The child's own clock is kept as information only.
+baseline of every shape the child will serve is measured before the program is loaded,
+in the same child: `echo` calls with the same request and reply sizes as real calls
+(medians, at the narrowest valid log2phy, its doublings and the widest; a reply in
+between gets the baseline interpolated by its size). The child's own clock is kept as
+information only.
 
 Statuses: `timeout` (no answer in time: the sandbox is killed), `crash` (the child died
 or left the protocol), `memory` (an allocation failed under the cap), `error` (the
@@ -69,12 +74,12 @@ NPY_HEADER_BYTES = 4096
 STDERR_TAIL_BYTES = 64 << 10
 # A balancer's report is information for the record; a larger one is replaced by a note.
 REPORT_BYTES = 16 << 10
-ECHO_REPEATS = 11
+ECHO_REPEATS = 7
 # The least runtime a call is scored at: below it the round trip is all transfer and
 # noise, and the public scorers' 0.02 / t would reward the noise without bound.
 RESOLUTION_SECONDS = 1e-5
 # Echoes of replies this large vary little and cost more: fewer of them.
-LARGE_REPLY_BYTES = 4 << 20
+LARGE_REPLY_BYTES = 1 << 20
 LARGE_ECHO_REPEATS = 3
 # What the child may answer at each step; anything else is not the protocol.
 FAILURES = ("error", "memory", "invalid")
@@ -116,7 +121,7 @@ def calibration_widths(num_logical: int, num_replicas: int) -> list[int]:
     narrowest, widest = width_range(num_logical, num_replicas)
     widths = {narrowest, widest}
     width = narrowest * 2
-    while width < widest:
+    while width * 5 < widest * 4:   # a doubling within 25% of the widest adds little
         widths.add(width)
         width *= 2
     return sorted(widths)
@@ -228,22 +233,24 @@ class IsolatedProgram:
         self.roundtrip_seconds: list[float] = []
         self.baseline_seconds: list[float] = []
         self.child_seconds: list[float] = []
-        self.calibration: dict | None = None
+        # The transfer baseline of each shape served: {(L, E, R): {"plain"/"with_previous": [(bytes, s)]}}.
+        self.calibration: dict[tuple, dict] = {}
         self.limits: Limits | None = None
         self.process: subprocess.Popen | None = None
         self.channel: Channel | None = None
         self.cgroups = Cgroups({})
         self.caps: dict = {}
         self.workdir: tempfile.TemporaryDirectory | None = None  # the working folder of --isolation process
-        self.shape: tuple[int, int, int] | None = None
+        self.shapes: tuple[tuple[int, int, int], ...] = ()
 
     # -- the child's life --------------------------------------------------
-    def start(self, num_layers: int, num_logical: int, num_replicas: int, calls: int = 16) -> None:
-        """Start the child for one scenario's shape, calibrate the transfer, load the program.
+    def start(self, shapes: list[tuple[int, int, int]], calls: int = 16) -> None:
+        """Start the child for the scenario shapes (num_layers, num_logical, num_replicas)
+        it will serve, calibrate the transfer of each, then load the program.
 
-        `calls` (the calls to expect) sizes the child's CPU-time limit.
+        `calls` (the calls to expect, over all shapes) sizes the child's CPU-time limit.
         """
-        self.shape, self.calls = (num_layers, num_logical, num_replicas), calls
+        self.shapes, self.calls = tuple(dict.fromkeys(tuple(shape) for shape in shapes)), calls
         self.limits = Limits(memory_bytes=int(self.memory_mb * 2**20),
                              cpu_seconds=int(self.threads * (STARTUP_SECONDS + self.timeout * (calls + 2))),
                              processes=self.threads + 32)
@@ -252,7 +259,8 @@ class IsolatedProgram:
                      "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS"}
         self.launch()
         self.receive(max(STARTUP_SECONDS, self.timeout), 0, "starting the child", "start")
-        self.calibrate(num_layers, num_logical, num_replicas)
+        for shape in self.shapes:
+            self.calibrate(*shape)
         self.send(encode_message({"op": "load"}), time.monotonic() + self.timeout)
         header, _ = self.receive(max(STARTUP_SECONDS, self.timeout), 0, "loading the program", "load")
         if header["status"] != "ready":
@@ -267,7 +275,12 @@ class IsolatedProgram:
         of memory: the next, independent problem (a cross-workload dataset's next
         workload) is not charged for the last one's end. BalancerFailure if it cannot start."""
         self.close()
-        self.start(*self.shape, calls=self.calls)
+        self.start(list(self.shapes), calls=self.calls)
+
+    def alive(self) -> bool:
+        """Whether the child is still there to take calls (a timeout, a protocol breach or a
+        crash killed it)."""
+        return self.process is not None and self.process.poll() is None
 
     def launch(self) -> None:
         settings = {"threads": self.threads, "limits": self.limits.as_dict()}
@@ -290,7 +303,7 @@ class IsolatedProgram:
         self.channel = Channel(self.process)
 
     def calibrate(self, num_layers: int, num_logical: int, num_replicas: int) -> None:
-        """Median echo round trips at the narrowest and widest valid reply, with and
+        """Median echo round trips of one shape at the calibration widths, with and
         without a previous placement in the request."""
         weight = np.zeros((num_layers, num_logical), dtype=np.int64)
         previous = np.zeros((num_layers, num_replicas), dtype=np.int64)
@@ -303,18 +316,20 @@ class IsolatedProgram:
                 trips = []
                 for _ in range(repeats + 1):  # the first one warms the buffers up and is not kept
                     seconds, reply, echoed, size = self.exchange({"op": "echo", "shapes": shapes}, request,
-                                                                 "the transfer baseline")
+                                                                 "the transfer baseline",
+                                                                 (num_layers, num_logical, num_replicas))
                     if reply["status"] != "ok" or len(echoed) != 3:
                         raise self.fail("crash", "the transfer baseline: the child failed an echo")
                     trips.append(seconds)
                 trips = trips[1:]
                 points.setdefault(with_previous, []).append((size, statistics.median(trips)))
-        self.calibration = {"with_previous" if key else "plain": value for key, value in points.items()}
+        self.calibration[(num_layers, num_logical, num_replicas)] = {
+            "with_previous" if key else "plain": value for key, value in points.items()}
 
-    def baseline(self, with_previous: bool, reply_bytes: int) -> float:
-        """The transfer time of a call whose reply has `reply_bytes`: interpolated
-        between the two calibration points around it (clamped at the ends)."""
-        points = self.calibration["with_previous" if with_previous else "plain"]
+    def baseline(self, shape: tuple, with_previous: bool, reply_bytes: int) -> float:
+        """The transfer time of a call of `shape` whose reply has `reply_bytes`:
+        interpolated between the two calibration points around it (clamped at the ends)."""
+        points = self.calibration[shape]["with_previous" if with_previous else "plain"]
         sizes = [size for size, _ in points]
         seconds = [value for _, value in points]
         return float(np.interp(reply_bytes, sizes, seconds))
@@ -418,7 +433,7 @@ class IsolatedProgram:
             if header["arrays"]:
                 raise self.fail("invalid", f"{what}: a failure with arrays")
 
-    def exchange(self, header: dict, arrays, what: str) -> tuple[float, dict, list, int]:
+    def exchange(self, header: dict, arrays, what: str, shape: tuple) -> tuple[float, dict, list, int]:
         """Send a request and read its reply: (seconds from the first byte written to the
         last byte read, header, arrays, bytes of the arrays).
 
@@ -430,7 +445,7 @@ class IsolatedProgram:
         request = encode_message(header, arrays)
         started = time.perf_counter()
         self.send(request, time.monotonic() + self.timeout)
-        reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*self.shape), what, "call")
+        reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*shape), what, "call")
         seconds = time.perf_counter() - started
         return seconds, reply, arrays_back, sum(array.nbytes for array in arrays_back)
 
@@ -466,8 +481,9 @@ class IsolatedProgram:
         """
         if self.process is None:
             raise BalancerFailure("crash", "the program's process is gone")
-        if self.shape != (weight.shape[0], weight.shape[1], num_replicas):
-            raise BalancerFailure("invalid", f"the child was started for shape {self.shape}")
+        shape = (weight.shape[0], weight.shape[1], num_replicas)
+        if shape not in self.calibration:
+            raise BalancerFailure("invalid", f"the child was not started for shape {shape}")
         self.last_call_seconds = None
         keywords = [name for name, given in (("prev_phy2log", prev_phy2log), ("report", report))
                     if given is not None and name in self.accepts]
@@ -475,12 +491,12 @@ class IsolatedProgram:
         if "prev_phy2log" in keywords:
             arrays.append(prev_phy2log.detach().cpu().numpy().astype(np.int64, copy=False))
         header = {"op": "call", "scenario": [num_replicas, num_groups, num_nodes, num_gpus], "keywords": keywords}
-        seconds, reply, output, size = self.exchange(header, arrays, "the call")
+        seconds, reply, output, size = self.exchange(header, arrays, "the call", shape)
         if reply["status"] != "ok":
             raise BalancerFailure(reply["status"], one_line(reply["reason"]))
         if len(output) != 3:
             raise BalancerFailure("invalid", f"expected 3 arrays, got {len(output)}")
-        baseline = self.baseline("prev_phy2log" in keywords, size)
+        baseline = self.baseline(shape, "prev_phy2log" in keywords, size)
         self.roundtrip_seconds.append(seconds)
         self.baseline_seconds.append(baseline)
         child_clock = reply.get("seconds")
@@ -491,15 +507,24 @@ class IsolatedProgram:
             report.update(kept_report(reply["report"]))
         return tuple(torch.from_numpy(array.copy()) for array in output)
 
-    def summary(self) -> dict:
-        """What the record keeps of this child: isolation, limits and the timing's parts."""
+    def calls_so_far(self) -> tuple[int, int]:
+        """A mark to pass to summary(since=...): the timed calls and child clocks so far."""
+        return len(self.roundtrip_seconds), len(self.child_seconds)
+
+    def summary(self, shape: tuple | None = None, since: tuple[int, int] = (0, 0)) -> dict:
+        """What the record of one scenario keeps of this child: isolation, limits, the
+        timing's parts of the calls since the mark `since` (calls_so_far), and the
+        calibration of its `shape` (the first shape served by default)."""
         def median_ms(values):
             return statistics.median(values) * 1e3 if values else None
 
+        shape = self.shapes[0] if shape is None and self.shapes else shape
+        calls, clocks = since
         return {"isolation": self.isolation, "timeout_s": self.timeout, "memory_mb": self.memory_mb,
                 "limits": self.limits.as_dict() if self.limits else None, "caps": self.caps,
-                "roundtrip_ms": median_ms(self.roundtrip_seconds),
-                "transfer_baseline_ms": median_ms(self.baseline_seconds),
-                "child_clock_ms": median_ms(self.child_seconds),
+                "roundtrip_ms": median_ms(self.roundtrip_seconds[calls:]),
+                "transfer_baseline_ms": median_ms(self.baseline_seconds[calls:]),
+                "child_clock_ms": median_ms(self.child_seconds[clocks:]),
+                "shapes_served": len(self.shapes),
                 "calibration_ms": {key: [[size, seconds * 1e3] for size, seconds in points]
-                                   for key, points in (self.calibration or {}).items()}}
+                                   for key, points in self.calibration.get(shape, {}).items()}}
