@@ -80,18 +80,42 @@ def internode_share(
     total = weight.double().sum(-1)
     if num_nodes == 1 or float(total.sum()) <= 0.0:
         return 0.0
-    loads = slot_loads(weight, phy2log, logcnt).view(num_layers, num_nodes, -1)
-    group_of_slot = (phy2log.to(weight.device) // (num_logical // routing_groups)).view(num_layers, num_nodes, -1)
-    on_node = torch.zeros(num_layers, num_nodes, routing_groups, dtype=torch.float64, device=weight.device)
-    on_node.scatter_add_(2, group_of_slot, loads)                      # [L, N, G] group load per node
+    remote = layer_remote_shares(weight, phy2log, logcnt, num_nodes, top_k, routing_groups, topk_groups)
+    busy = total > 0
+    return float((remote * total)[busy].sum() / total[busy].sum())
+
+
+def layer_remote_shares(weight: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor, num_nodes: int,
+                        top_k: int = 8, routing_groups: int = 1, topk_groups: int = 1) -> torch.Tensor:
+    """[num_layers]: each layer's remote sends per token-expert pair under
+    internode_share's model (its docstring); slots in node-major order, R / N per node.
+
+    weight: [num_layers, num_logical]; phy2log: [num_layers, num_replicas]; logcnt: [num_layers, num_logical].
+    """
+    num_layers, num_replicas = phy2log.shape
+    node_of_slot = (torch.arange(num_replicas, device=weight.device) * num_nodes // num_replicas).expand(num_layers, -1)
+    return remote_shares(slot_loads(weight, phy2log, logcnt), phy2log.to(weight.device), node_of_slot,
+                         weight.shape[1], num_nodes, top_k, routing_groups, topk_groups)
+
+
+def remote_shares(slot_load: torch.Tensor, expert_of_slot: torch.Tensor, node_of_slot: torch.Tensor, num_logical: int,
+                  num_nodes: int, top_k: int, routing_groups: int, topk_groups: int) -> torch.Tensor:
+    """slot_load, expert_of_slot, node_of_slot: [L, S] -> [L] remote sends per pair
+    (internode_share's model) for slots on any nodes; 0 for a layer without load."""
+    num_layers = slot_load.shape[0]
+    if num_nodes == 1:
+        return torch.zeros(num_layers, dtype=torch.float64, device=slot_load.device)
+    group_of_slot = expert_of_slot // (num_logical // routing_groups)
+    flat = (node_of_slot * routing_groups + group_of_slot).reshape(num_layers, -1)
+    on_node = torch.zeros(num_layers, num_nodes * routing_groups, dtype=torch.float64, device=slot_load.device)
+    on_node = on_node.scatter_add_(1, flat, slot_load.double()).view(num_layers, num_nodes, routing_groups)  # [L, N, G]
     group_load = on_node.sum(1)                                         # [L, G]
     share = on_node / group_load.clamp(min=1e-300).unsqueeze(1)
     picks = top_k / topk_groups
     nodes_reached = (1 - (1 - share).pow(picks)).sum(1)                # [L, G] per chosen group
+    total = slot_load.double().sum(-1)
     sends = topk_groups * (group_load * nodes_reached).sum(-1) / total.clamp(min=1e-300)
-    remote = sends * (num_nodes - 1) / num_nodes / top_k
-    busy = total > 0
-    return float((remote * total)[busy].sum() / total[busy].sum())
+    return sends * (num_nodes - 1) / num_nodes / top_k
 
 
 def placement_metrics(
