@@ -34,6 +34,9 @@ PROGRAMS = {
     "hangs_on_mixtral": HONEST_TAIL + "import time\n" + SIGNATURE
                         + "    while weight.shape[1] == 8:\n        time.sleep(1)\n    return honest(weight, num_replicas)\n",
     "broken": "def rebalance_experts(:\n",
+    # Widens its affinity to every core, then says which cores it may run on.
+    "widens_affinity": "import os\n" + SIGNATURE + "    os.sched_setaffinity(0, set(range(os.cpu_count())))\n"
+                       "    raise RuntimeError(f'cores {sorted(os.sched_getaffinity(0))}')\n",
     # Raises as soon as it is handed a window it has seen before (by the bytes of the loads).
     "seen_before": HONEST_TAIL + "import hashlib\nSEEN = set()\n" + SIGNATURE
                    + "    digest = hashlib.sha256(weight.numpy().tobytes()).hexdigest()\n"
@@ -186,6 +189,22 @@ def test_bad_parallel_arguments_are_one_line_usage_errors(arguments, message, ca
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
+@needs_namespaces
+def test_a_pinned_job_keeps_its_program_on_its_core(tmp_path):
+    """A worker of --jobs is pinned to one core; its sandbox is confined there by a cpuset
+    cgroup, so a program that widens its affinity still runs on that core alone."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two cores needed")
+    [path] = write(tmp_path, "widens_affinity")
+    [records] = evaluate_programs([path], all_targets("mixtral-8x7b", "gpt-oss-120b"), Limits(timeout=20), jobs=2)
+    for record in records:
+        if not record.isolated["caps"]["cpus"].startswith("cpuset cgroup"):
+            pytest.skip(f"no cpuset cgroup here: {record.isolated['caps']['cpus']}")
+        assert record.status == "error" and record.isolated["caps"]["cpus"] == f"cpuset cgroup {record.host['cpu_affinity']}"
+        assert f"cores {record.host['cpu_affinity']}" in record.error and len(record.host["cpu_affinity"]) == 1
+        assert record.host["threads"] == 1
+
+
 def test_more_jobs_than_cores_are_refused():
     with pytest.raises(ExecutorError, match="would share cores"):
         open_executor(len(os.sched_getaffinity(0)) + 1, pin=True)
@@ -322,3 +341,22 @@ def test_openevolve_cascade_stops_a_broken_program_at_the_first_stage(openevolve
     metrics, artifacts = openevolve_metrics(openevolve_evaluator, PROGRAMS["good"], cascade=True)
     assert "2 of 2 scenarios scored" in artifacts["summary"]
 
+
+
+# -- a child that answers ahead of its request ---------------------------------------------
+EARLY_REPLY = HONEST_TAIL + '''import __main__
+sent = __main__.write_message
+def write_twice(stream, header, arrays=()):
+    sent(stream, header, arrays)
+    if header.get("status") == "ok" and arrays:
+        sent(stream, header, arrays)   # the next call's answer, before its request
+__main__.write_message = write_twice
+''' + SIGNATURE + "    return honest(weight, num_replicas)\n"
+
+
+@needs_namespaces
+def test_a_reply_written_before_its_request_is_invalid(tmp_path):
+    path = tmp_path / "early.py"
+    path.write_text(EARLY_REPLY)
+    [records] = evaluate_programs([path], all_targets("mixtral-8x7b"), Limits(timeout=20))
+    assert records[0].status == "invalid" and "wrote before it was asked" in records[0].error

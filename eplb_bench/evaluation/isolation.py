@@ -240,14 +240,22 @@ def own_cgroup(controller: str) -> str | None:
     return None
 
 
-def make_cgroups(processes: int, memory_bytes: int) -> Cgroups:
-    """New cgroups under this process's own: at most `processes` tasks, and at most
+def make_cgroups(processes: int, memory_bytes: int, cpus: list[int] | None = None) -> Cgroups:
+    """New cgroups under this process's own: at most `processes` tasks, at most
     `memory_bytes` + INTERPRETER_BYTES of memory (tmpfs, shared memory and memfd
-    included, no swap). A controller whose cgroup cannot be made is left out."""
+    included, no swap), and with `cpus`, those cores only (a cpuset: the program cannot
+    widen it as it can its affinity). A controller whose cgroup cannot be made is left out."""
     limits = {"pids": [("pids.max", str(processes))],
               "memory": [("memory.limit_in_bytes", str(memory_bytes + INTERPRETER_BYTES)),
                          ("memory.memsw.limit_in_bytes", str(memory_bytes + INTERPRETER_BYTES)),
                          ("memory.max", str(memory_bytes + INTERPRETER_BYTES)), ("memory.swap.max", "0")]}
+    if cpus:
+        parent = own_cgroup("cpuset")
+        mems = next((_read(os.path.join(parent, name)).strip() for name in
+                     ("cpuset.effective_mems", "cpuset.mems.effective", "cpuset.mems")
+                     if parent and os.path.isfile(os.path.join(parent, name))), "")
+        # v1 needs the memory nodes written before any task joins; v2 takes the cores alone.
+        limits["cpuset"] = ([("cpuset.mems", mems)] if mems else []) + [("cpuset.cpus", ",".join(map(str, cpus)))]
     folders = {}
     name = f"eplb-bench-{os.getpid()}-{next(_cgroup_names)}"
     for controller, settings in limits.items():

@@ -41,12 +41,13 @@ def check_executor(jobs: int, address: str | None) -> None:
 
 
 def pin_worker(cores, threads: int | None) -> None:
-    """A worker's initializer: take one core of the queue `cores` and size the pools."""
-    os.sched_setaffinity(0, {cores.get()})
-    if threads is not None:
-        from eplb_bench.core.machine import fix_threads
+    """A worker's initializer: take one core of the queue `cores` and size the pools
+    (`threads`, else one: the core's), for the worker and the sandboxes it starts, which
+    are confined to that core by a cpuset cgroup where one can be made."""
+    from eplb_bench.core.machine import fix_threads
 
-        fix_threads(threads)
+    os.sched_setaffinity(0, {cores.get()})
+    fix_threads(threads or 1)
 
 
 def open_executor(jobs: int, address: str | None = None, pin: bool = False, threads: int | None = None):

@@ -254,9 +254,13 @@ class IsolatedProgram:
         self.limits = Limits(memory_bytes=int(self.memory_mb * 2**20),
                              cpu_seconds=int(self.threads * (STARTUP_SECONDS + self.timeout * (calls + 2))),
                              processes=self.threads + 32)
-        self.cgroups = make_cgroups(self.limits.processes, self.limits.memory_bytes)
+        # The cores this process may use: all of them serially, one in a pinned worker of --jobs.
+        cores = sorted(os.sched_getaffinity(0))
+        self.cgroups = make_cgroups(self.limits.processes, self.limits.memory_bytes, cores)
         self.caps = {"processes": "pids cgroup" if "pids" in self.cgroups.folders else "RLIMIT_NPROC",
-                     "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS"}
+                     "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS",
+                     "cpus": (f"cpuset cgroup {cores}" if "cpuset" in self.cgroups.folders
+                              else f"affinity {cores} (the program can widen it)")}
         self.launch()
         self.receive(max(STARTUP_SECONDS, self.timeout), 0, "starting the child", "start")
         for shape in self.shapes:
@@ -443,6 +447,9 @@ class IsolatedProgram:
         the same sizes, so the baseline takes the transfer out again.
         """
         request = encode_message(header, arrays)
+        if self.process.poll() is None and select.select([self.channel.replies], [], [], 0)[0]:
+            # Bytes before the request: a program that took the protocol over answers ahead.
+            raise self.fail("invalid", f"{what}: the child wrote before it was asked")
         started = time.perf_counter()
         self.send(request, time.monotonic() + self.timeout)
         reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*shape), what, "call")
