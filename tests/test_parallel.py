@@ -360,3 +360,57 @@ def test_a_reply_written_before_its_request_is_invalid(tmp_path):
     path.write_text(EARLY_REPLY)
     [records] = evaluate_programs([path], all_targets("mixtral-8x7b"), Limits(timeout=20))
     assert records[0].status == "invalid" and "wrote before it was asked" in records[0].error
+
+
+# -- no uncharged work between calls --------------------------------------------------------
+BETWEEN_CALLS = '''import threading, time
+BEATS = []
+def beat():
+    while True:
+        BEATS.append(time.monotonic())
+        time.sleep(0.0005)
+threading.Thread(target=beat, daemon=True).start()
+LAST = [None]
+''' + HONEST_TAIL + '''
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, report=None):
+    now = time.monotonic()
+    if LAST[0] is not None and report is not None:
+        report["beats"] = sum(1 for t in BEATS[-5000:] if t > LAST[0])
+    result = honest(weight, num_replicas)
+    LAST[0] = time.monotonic()
+    return result
+'''
+
+
+def beats_between_calls(path, monkeypatch) -> tuple[float, dict]:
+    """The mean beats of the program's background thread between two of its calls, while
+    the parent takes 50 ms to score each window."""
+    from eplb_bench.evaluation import runner
+
+    scored = runner.placement_metrics
+
+    def slow_scoring(*args, **kwargs):
+        time.sleep(0.025)   # twice a window: next and in-sample
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "placement_metrics", slow_scoring)
+    [records] = evaluate_programs([path], all_targets("mixtral-8x7b"), Limits(timeout=20))
+    [record] = records
+    beats = [entry["beats"] for entry in record.balancer_report if "beats" in entry]
+    return sum(beats) / len(beats), record.isolated["caps"]
+
+
+@needs_namespaces
+def test_a_background_thread_gets_no_time_between_calls(tmp_path, monkeypatch):
+    """The child is frozen from the end of a reply to the next request: a thread that
+    works while the parent scores gets nothing of those 50 ms (only the transfers, timed)."""
+    path = tmp_path / "between.py"
+    path.write_text(BETWEEN_CALLS)
+    frozen, caps = beats_between_calls(path, monkeypatch)
+    if not caps["between_calls"].startswith("frozen"):
+        pytest.skip(caps["between_calls"])
+    from eplb_bench.evaluation.isolation import Cgroups
+
+    monkeypatch.setattr(Cgroups, "freeze", lambda self, frozen: None)   # the control: never frozen
+    running, _ = beats_between_calls(path, monkeypatch)
+    assert running > 40 and frozen < 10, (frozen, running)   # a beat every 0.5 ms or so

@@ -260,7 +260,9 @@ class IsolatedProgram:
         self.caps = {"processes": "pids cgroup" if "pids" in self.cgroups.folders else "RLIMIT_NPROC",
                      "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS",
                      "cpus": (f"cpuset cgroup {cores}" if "cpuset" in self.cgroups.folders
-                              else f"affinity {cores} (the program can widen it)")}
+                              else f"affinity {cores} (the program can widen it)"),
+                     "between_calls": ("frozen (freezer cgroup)" if "freezer" in self.cgroups.folders
+                                       else "running (no freezer cgroup: work between calls is not charged)")}
         self.launch()
         self.receive(max(STARTUP_SECONDS, self.timeout), 0, "starting the child", "start")
         for shape in self.shapes:
@@ -339,6 +341,7 @@ class IsolatedProgram:
         return float(np.interp(reply_bytes, sizes, seconds))
 
     def close(self) -> None:
+        self.cgroups.freeze(False)   # a frozen child could neither read `exit` nor die
         if self.process is not None:
             if self.process.poll() is None:
                 try:
@@ -450,10 +453,13 @@ class IsolatedProgram:
         if self.process.poll() is None and select.select([self.channel.replies], [], [], 0)[0]:
             # Bytes before the request: a program that took the protocol over answers ahead.
             raise self.fail("invalid", f"{what}: the child wrote before it was asked")
+        self.cgroups.freeze(False)
         started = time.perf_counter()
         self.send(request, time.monotonic() + self.timeout)
         reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*shape), what, "call")
         seconds = time.perf_counter() - started
+        if header["op"] == "call":
+            self.cgroups.freeze(True)   # until the next request: no uncharged work in between
         return seconds, reply, arrays_back, sum(array.nbytes for array in arrays_back)
 
     def death(self, how_noticed: str) -> str:
