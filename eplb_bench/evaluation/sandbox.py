@@ -19,8 +19,8 @@ torch is paid once (eplb_bench.evaluation.evaluate says which scenarios may shar
 request written to the last byte of the reply read, less the transfer baseline. The
 baseline of every shape the child will serve is measured before the program is loaded,
 in the same child: `echo` calls with the same request and reply sizes as real calls
-(medians, at the narrowest valid log2phy, its doublings and the widest; a reply in
-between gets the baseline interpolated by its size). The child's own clock is kept as
+(the fastest of each, at the narrowest valid log2phy, its doublings and the widest; a
+reply in between gets the baseline interpolated by its size). The child's own clock is kept as
 information only.
 
 Statuses: `timeout` (no answer in time: the sandbox is killed), `crash` (the child died
@@ -309,7 +309,7 @@ class IsolatedProgram:
         self.channel = Channel(self.process)
 
     def calibrate(self, num_layers: int, num_logical: int, num_replicas: int) -> None:
-        """Median echo round trips of one shape at the calibration widths, with and
+        """The fastest echo round trip of one shape at each calibration width, with and
         without a previous placement in the request."""
         weight = np.zeros((num_layers, num_logical), dtype=np.int64)
         previous = np.zeros((num_layers, num_replicas), dtype=np.int64)
@@ -327,8 +327,9 @@ class IsolatedProgram:
                     if reply["status"] != "ok" or len(echoed) != 3:
                         raise self.fail("crash", "the transfer baseline: the child failed an echo")
                     trips.append(seconds)
-                trips = trips[1:]
-                points.setdefault(with_previous, []).append((size, statistics.median(trips)))
+                # The fastest echo: noise only ever lengthens a transfer, and a baseline above a
+                # call's own transfer would hand its program time (down to the 10 us floor).
+                points.setdefault(with_previous, []).append((size, min(trips[1:])))
         self.calibration[(num_layers, num_logical, num_replicas)] = {
             "with_previous" if key else "plain": value for key, value in points.items()}
 
