@@ -194,26 +194,8 @@ class Cgroups:
                             for folder in dict.fromkeys(self.folders.values()))
         return ["/bin/sh", "-c", joins + ' && exec "$@"', "sh", *command]
 
-    def freeze(self, frozen: bool) -> None:
-        """Stop (True) or resume (False) every task of the child, where a freezer cgroup
-        could be made (v1 freezer.state, v2 cgroup.freeze); nothing otherwise."""
-        folder = self.folders.get("freezer")
-        if folder is None:
-            return
-        for name, value in (("freezer.state", "FROZEN" if frozen else "THAWED"), ("cgroup.freeze", str(int(frozen)))):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                try:
-                    with open(path, "w") as handle:
-                        handle.write(value)
-                except OSError:
-                    pass
-                return
-
     def kill(self) -> None:
-        """SIGKILL every task left in them (what a plain child may have left behind);
-        a frozen child is thawed first, since a frozen task does not die."""
-        self.freeze(False)
+        """SIGKILL every task left in them (what a plain child may have left behind)."""
         for folder in dict.fromkeys(self.folders.values()):
             for _ in range(50):
                 pids = [int(p) for p in _read(os.path.join(folder, "cgroup.procs")).split()]
@@ -267,8 +249,6 @@ def make_cgroups(processes: int, memory_bytes: int, cpus: list[int] | None = Non
               "memory": [("memory.limit_in_bytes", str(memory_bytes + INTERPRETER_BYTES)),
                          ("memory.memsw.limit_in_bytes", str(memory_bytes + INTERPRETER_BYTES)),
                          ("memory.max", str(memory_bytes + INTERPRETER_BYTES)), ("memory.swap.max", "0")]}
-    # Frozen between calls: a program gets no time the parent does not charge it for.
-    limits["freezer"] = [("freezer.state", "THAWED"), ("cgroup.freeze", "0")]
     if cpus:
         parent = own_cgroup("cpuset")
         mems = next((_read(os.path.join(parent, name)).strip() for name in
@@ -303,8 +283,7 @@ def make_cgroups(processes: int, memory_bytes: int, cpus: list[int] | None = Non
 
 
 def remove_orphans(parent: str) -> None:
-    """Remove the cgroups that a killed harness process left under `parent`, killing what
-    is left in them first (a sandbox it left frozen would never die on its own)."""
+    """Remove the empty cgroups that a killed harness process left under `parent`."""
     try:
         names = os.listdir(parent)
     except OSError:
@@ -312,10 +291,10 @@ def remove_orphans(parent: str) -> None:
     for name in names:
         owner = name.split("-")[2] if name.startswith("eplb-bench-") and name.count("-") == 3 else ""
         if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-            folder = os.path.join(parent, name)
-            orphan = Cgroups({"freezer": folder})   # thawed if it is a freezer (kill), then emptied
-            orphan.kill()
-            orphan.remove()
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
 
 
 def _read(path: str) -> str:

@@ -260,9 +260,7 @@ class IsolatedProgram:
         self.caps = {"processes": "pids cgroup" if "pids" in self.cgroups.folders else "RLIMIT_NPROC",
                      "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS",
                      "cpus": (f"cpuset cgroup {cores}" if "cpuset" in self.cgroups.folders
-                              else f"affinity {cores} (the program can widen it)"),
-                     "between_calls": ("frozen (freezer cgroup)" if "freezer" in self.cgroups.folders
-                                       else "running (no freezer cgroup: work between calls is not charged)")}
+                              else f"affinity {cores} (the program can widen it)")}
         self.launch()
         self.receive(max(STARTUP_SECONDS, self.timeout), 0, "starting the child", "start")
         for shape in self.shapes:
@@ -345,7 +343,7 @@ class IsolatedProgram:
         """End the child: killed at once, since everything it sent is already read and a
         Python with torch takes 0.4 s to exit by itself; then its cgroups and folder go."""
         if self.process is not None:
-            self.kill()   # kill() thaws a frozen child first
+            self.kill()
             for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
                 try:
                     stream.close()
@@ -449,13 +447,10 @@ class IsolatedProgram:
         if self.process.poll() is None and select.select([self.channel.replies], [], [], 0)[0]:
             # Bytes before the request: a program that took the protocol over answers ahead.
             raise self.fail("invalid", f"{what}: the child wrote before it was asked")
-        self.cgroups.freeze(False)
         started = time.perf_counter()
         self.send(request, time.monotonic() + self.timeout)
         reply, arrays_back = self.receive(self.timeout, largest_reply_bytes(*shape), what, "call")
         seconds = time.perf_counter() - started
-        if header["op"] == "call":
-            self.cgroups.freeze(True)   # until the next request: no uncharged work in between
         return seconds, reply, arrays_back, sum(array.nbytes for array in arrays_back)
 
     def death(self, how_noticed: str) -> str:
