@@ -74,13 +74,13 @@ NPY_HEADER_BYTES = 4096
 STDERR_TAIL_BYTES = 64 << 10
 # A balancer's report is information for the record; a larger one is replaced by a note.
 REPORT_BYTES = 16 << 10
-ECHO_REPEATS = 7
+ECHO_REPEATS = 4
 # The least runtime a call is scored at: below it the round trip is all transfer and
 # noise, and the public scorers' 0.02 / t would reward the noise without bound.
 RESOLUTION_SECONDS = 1e-5
 # Echoes of replies this large vary little and cost more: fewer of them.
 LARGE_REPLY_BYTES = 1 << 20
-LARGE_ECHO_REPEATS = 3
+LARGE_ECHO_REPEATS = 2
 # What the child may answer at each step; anything else is not the protocol.
 FAILURES = ("error", "memory", "invalid")
 PHASE_STATUSES = {"start": ("started",), "load": ("ready",) + FAILURES, "call": ("ok",) + FAILURES}
