@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from eplb_bench.bounds.store import bound_summary, compute_bounds
-from eplb_bench.commands.common import UsageError, progress_bar, resolve_datasets, warn
+from eplb_bench.commands.common import UsageError, check_parallel_arguments, progress_bar, resolve_datasets, warn
 from eplb_bench.data.catalog import load_dataset
 
 
 def command_bounds(args) -> int:
     if args.time_limit < 0 or args.jobs < 1 or args.max_variables < 0:
         raise UsageError("--time-limit and --max-variables must be >= 0 and --jobs >= 1")
-    if args.executor is not None and not args.executor.startswith("dask://"):
-        raise UsageError(f"--executor expects dask://HOST:PORT, got {args.executor!r}")
+    check_parallel_arguments(args.jobs, args.executor)
     datasets = resolve_datasets(args.datasets)
 
     bars = []   # the bar starts once compute_bounds knows how many layers it solves

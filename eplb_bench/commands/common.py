@@ -28,6 +28,16 @@ class UsageError(Exception):
     """A bad argument; printed as one line, exit status 2."""
 
 
+def check_parallel_arguments(jobs: int, executor: str | None) -> None:
+    """--jobs and --executor as every command takes them; a UsageError otherwise."""
+    from eplb_bench.evaluation.parallel import ExecutorError, check_executor
+
+    try:
+        check_executor(jobs, executor)
+    except ExecutorError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def warn(message: str, kind: str = "warning") -> None:
     """One line on stderr: "eplb-bench: KIND: message"."""
     print(f"eplb-bench: {kind}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from eplb_bench.commands.common import (
     UsageError,
+    check_parallel_arguments,
     progress_bar,
     resolve_datasets,
     scenario_override,
@@ -27,7 +28,7 @@ from eplb_bench.evaluation.evaluate import (
     summary,
 )
 from eplb_bench.evaluation.isolation import namespaces_unavailable
-from eplb_bench.evaluation.parallel import ExecutorError, check_executor
+from eplb_bench.evaluation.parallel import ExecutorError
 from eplb_bench.evaluation.runner import Job, job_records
 from eplb_bench.evaluation.search import search_result
 from eplb_bench.reports.text import format_table
@@ -71,10 +72,7 @@ def command_evaluate(args) -> int:
     paths = program_paths(args.programs)
     if not args.timeout > 0 or not args.memory > 0:
         raise UsageError("--timeout and --memory must be positive")
-    try:
-        check_executor(args.jobs, args.executor)
-    except ExecutorError as exc:
-        raise UsageError(str(exc)) from None
+    check_parallel_arguments(args.jobs, args.executor)
     check_isolation(args.isolation)
     override = scenario_override(args)
     limits = Limits(args.timeout, args.memory, args.isolation)

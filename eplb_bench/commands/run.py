@@ -8,6 +8,7 @@ import sys
 
 from eplb_bench.commands.common import (
     UsageError,
+    check_parallel_arguments,
     progress_bar,
     resolve_algorithms,
     resolve_datasets,
@@ -21,7 +22,7 @@ from eplb_bench.core.results import ResultsWriter, read_results
 from eplb_bench.data.predictors import parse_predictor
 from eplb_bench.core.record import CROSS_WORKLOAD
 from eplb_bench.data.predictors import Predictor
-from eplb_bench.evaluation.parallel import ExecutorError, check_executor, map_units
+from eplb_bench.evaluation.parallel import ExecutorError, map_units
 from eplb_bench.evaluation.runner import Job, algorithm_reference, job_records, run_unit
 from eplb_bench.reports.text import format_table
 
@@ -63,10 +64,7 @@ def command_run(args) -> int:
         raise UsageError("--window-steps must be at least 1")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out FILE")
-    try:
-        check_executor(args.jobs, args.executor)
-    except ExecutorError as exc:
-        raise UsageError(str(exc)) from None
+    check_parallel_arguments(args.jobs, args.executor)
     try:
         predictor = parse_predictor(args.predictor)
     except ValueError as exc:

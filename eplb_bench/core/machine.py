@@ -37,6 +37,11 @@ def fix_threads(threads: int) -> None:
         os.environ[variable] = str(threads)
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on, in order."""
+    return sorted(os.sched_getaffinity(0))
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what platform reports."""
     try:
@@ -74,7 +79,7 @@ def machine_identity(device: str) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count() or 1,
-        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_affinity": usable_cores(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -145,11 +145,11 @@ def evaluate_unit(name: str, source: bytes, targets: list[tuple], limits: Limits
     return results
 
 
-def evaluate_programs(paths: list[str | Path], targets: list[tuple], limits: Limits = Limits(), split: str = "public",
+def records_by_target(paths: list[str | Path], targets: list[tuple], limits: Limits = Limits(), split: str = "public",
                       jobs: int = 1, executor: str | None = None, threads: int | None = None,
-                      progress: Callable[[Record], None] | None = None) -> list[list[Record]]:
+                      progress: Callable[[Record], None] | None = None) -> list[list[list[Record]]]:
     """The records of every program in `paths` on every (dataset, scenario) of
-    `targets`: one list per program, in the order of `targets`, as a serial run gives.
+    `targets`: [program][target] lists of records, as a serial run gives them.
 
     `jobs` local processes, one core each (eplb_bench.evaluation.parallel), or the Dask
     cluster at `executor`; `progress(record)` sees each record as its unit finishes.
@@ -169,12 +169,19 @@ def evaluate_programs(paths: list[str | Path], targets: list[tuple], limits: Lim
     results = map_units(evaluate_unit, [(*sources[program], [targets[i] for i in group], limits, split)
                                         for program, group in units],
                         jobs, executor, threads, finished if progress is not None else None)
-    by_target = {}
+    by_target = [[[] for _ in targets] for _ in paths]
     for (program, group), unit_results in zip(units, results):
         for index, records in zip(group, unit_results):
-            by_target[program, index] = records
-    return [[record for index in range(len(targets)) for record in by_target[program, index]]
-            for program in range(len(paths))]
+            by_target[program][index] = records
+    return by_target
+
+
+def evaluate_programs(paths: list[str | Path], targets: list[tuple], limits: Limits = Limits(), split: str = "public",
+                      jobs: int = 1, executor: str | None = None, threads: int | None = None,
+                      progress: Callable[[Record], None] | None = None) -> list[list[Record]]:
+    """records_by_target with each program's records in one list, in the order of `targets`."""
+    return [[record for records in per_target for record in records]
+            for per_target in records_by_target(paths, targets, limits, split, jobs, executor, threads, progress)]
 
 
 def evaluate_program(path: str | Path, targets: Iterable[tuple], timeout: float = DEFAULT_TIMEOUT,
@@ -202,15 +209,12 @@ def heldout_records(paths: list[str | Path], draws: list[tuple[str, int]], scena
         for scenario in scenarios_of(dataset):
             targets.append((dataset, scenario))
             seeds.append(seed)
-    results = evaluate_programs(paths, targets, limits, "heldout", jobs, executor, threads, progress)
-    counts = [len(job_records(Job(program_info(paths[0]), *target))) for target in targets] if paths else []
-    for records in results:
-        position = 0
-        for count, seed in zip(counts, seeds):   # each target's records, in order, get its seed
-            for record in records[position: position + count]:
+    results = records_by_target(paths, targets, limits, "heldout", jobs, executor, threads, progress)
+    for per_target in results:
+        for records, seed in zip(per_target, seeds):
+            for record in records:
                 record.heldout_seed = seed
-            position += count
-    return results
+    return [[record for records in per_target for record in records] for per_target in results]
 
 
 def evaluate_heldout(path: str | Path, draws: list[tuple[str, int]], scenarios_of, timeout: float = DEFAULT_TIMEOUT,
@@ -226,10 +230,17 @@ def summary(records: list[Record]) -> dict:
     """The overall result: the leaderboard's summary of one balancer (means over the
     scored scenarios), with the program's name and the count of each status."""
     overall = balancer_summary(records, scenarios_total=len(records))
-    return {"program": overall["algorithm"], "split": records[0].split if records else None,
-            "isolation": records[0].isolation if records else None, "scenarios": len(records),
-            "scored": overall["scenarios_ok"], "statuses": dict(Counter(r.status for r in records)),
+    return {**program_header(records), "scored": overall["scenarios_ok"],
             **{key: overall[key] for key in ("balancedness_gpu", "runtime_ms", "scores")}}
+
+
+def program_header(records: list[Record]) -> dict:
+    """What every result of one program's records names: program, split, isolation, the
+    records and the count of each status."""
+    first = records[0] if records else None
+    return {"program": first.algorithm if first else None, "split": first.split if first else None,
+            "isolation": first.isolation if first else None, "scenarios": len(records),
+            "statuses": dict(Counter(r.status for r in records))}
 
 
 def format_summary(result: dict) -> str:

@@ -31,7 +31,7 @@ import json
 import os
 
 from eplb_bench.core.scoring import DEFAULT_SCORER
-from eplb_bench.evaluation.search import evaluate_program
+from eplb_bench.evaluation.search import evaluate_program, search_result
 
 STAGE1_DATASET = "mixtral-8x7b"
 STAGE1_TIMEOUT = 10.0
@@ -76,9 +76,8 @@ def answer(result: dict):
 
 def failed(program_path: str, exc: Exception):
     """A program the evaluation could not even take (no such file, a bad setting): 0."""
-    return answer({"combined_score": 0.0, "scored": 0, "scenarios": 0, "metrics": {}, "program": str(program_path),
-                   "statuses": {}, "scorer": "-", "split": "-", "isolation": "-",
-                   "errors": {"evaluation": f"{type(exc).__name__}: {exc}"}, "per_scenario": []})
+    return answer({**search_result([], "-"), "program": str(program_path),
+                   "errors": {"evaluation": f"{type(exc).__name__}: {exc}"}})
 
 
 def evaluate(program_path: str, **given):

@@ -18,16 +18,13 @@ import os
 from concurrent import futures
 from typing import Callable, Sequence
 
+from eplb_bench.core.machine import usable_cores
+
 DASK_PREFIX = "dask://"
 
 
 class ExecutorError(RuntimeError):
     """An executor that cannot be had: a bad address, too many jobs, no dask.distributed."""
-
-
-def usable_cores() -> list[int]:
-    """The cores this process may run on, in order."""
-    return sorted(os.sched_getaffinity(0))
 
 
 def check_executor(jobs: int, address: str | None) -> None:

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eplb_bench.core.machine import usable_cores
 from eplb_bench.evaluation.isolation import (
     ISOLATIONS,
     SANDBOX_FOLDER,
@@ -255,7 +256,7 @@ class IsolatedProgram:
                              cpu_seconds=int(self.threads * (STARTUP_SECONDS + self.timeout * (calls + 2))),
                              processes=self.threads + 32)
         # The cores this process may use: all of them serially, one in a pinned worker of --jobs.
-        cores = sorted(os.sched_getaffinity(0))
+        cores = usable_cores()
         self.cgroups = make_cgroups(self.limits.processes, self.limits.memory_bytes, cores)
         self.caps = {"processes": "pids cgroup" if "pids" in self.cgroups.folders else "RLIMIT_NPROC",
                      "memory": "memory cgroup and RLIMIT_AS" if "memory" in self.cgroups.folders else "RLIMIT_AS",

@@ -11,7 +11,6 @@ mean score of the program.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from eplb_bench.core.record import CROSS_WORKLOAD, Record
@@ -22,6 +21,7 @@ from eplb_bench.evaluation.evaluate import (
     SPLITS,
     Limits,
     evaluate_programs,
+    program_header,
     heldout_records,
     heldout_targets,
 )
@@ -59,12 +59,8 @@ def search_result(records: list[Record], scorer: str) -> dict:
     return {
         "combined_score": combined,
         "scorer": scorer,
-        "program": records[0].algorithm if records else None,
-        "split": records[0].split if records else None,
-        "isolation": records[0].isolation if records else None,
-        "scenarios": total,
+        **program_header(records),
         "scored": len(ok),
-        "statuses": dict(Counter(record.status for record in records)),
         "metrics": metrics,
         "errors": {target_name(record): f"{record.status}: {record.error}" for record in records
                    if record.status != "ok"},
