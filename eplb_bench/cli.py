@@ -19,6 +19,7 @@ from eplb_bench.commands.leaderboard import command_leaderboard
 from eplb_bench.commands.run import command_list, command_run
 from eplb_bench.commands.speed import command_bench_speed
 from eplb_bench.core.contract import ScenarioError
+from eplb_bench.core.costmodel import CostModelError, profile_names
 from eplb_bench.core.machine import DEFAULT_THREADS, fix_threads
 from eplb_bench.core.record import RecordError
 from eplb_bench.core.registry import RegistryError
@@ -26,6 +27,7 @@ from eplb_bench.core.results import ResultsError
 from eplb_bench.core.scoring import DEFAULT_SCORER, SCORERS
 from eplb_bench.data.dataset import DEFAULT_WINDOW_STEPS, DatasetError
 from eplb_bench.evaluation.isolation import ISOLATIONS
+from eplb_bench.evaluation.replay import DEFAULT_INTERVAL
 from eplb_bench.evaluation.sandbox import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT,
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="append JSON records to this file as they finish")
     run.add_argument("--no-migration", action="store_true",
                      help="do not pass the previous placement (prev_phy2log=) to balancers that accept it")
+    run.add_argument("--cost-model", metavar="PROFILE",
+                     help="replay every dataset step by step under the cost model with this hardware profile (a "
+                          f"shipped name: {', '.join(profile_names())}; or a profile .json file), adding modeled step "
+                          "time, migration and speedup to the records (docs/costmodel.md)")
+    run.add_argument("--interval", default=str(DEFAULT_INTERVAL), metavar="K[,K...]",
+                     help=f"with --cost-model: rebalance every K steps; several intervals comma-separated, the "
+                          f"first leading the record (default {DEFAULT_INTERVAL})")
     run.add_argument("--resume", action="store_true",
                      help="skip the measurements the --out file already holds (its records join the tables)")
     run.add_argument("--imported", action="store_true",
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ScenarioError) as exc:
         warn(exc, "error")
         return EXIT_USAGE
-    except (DatasetError, RegistryError, ResultsError, RecordError, OSError) as exc:
+    except (DatasetError, RegistryError, ResultsError, RecordError, CostModelError, OSError) as exc:
         warn(exc, "error")
         return EXIT_FAILURE
     except KeyboardInterrupt:

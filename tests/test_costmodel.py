@@ -102,12 +102,37 @@ def test_the_baseline_is_the_identity_placement_where_that_exists():
 
 
 def test_migration_by_hand():
-    previous, new = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 1, 3, 2]])
-    blocking = migration_seconds(new, previous, 2, SHAPE, PROFILE)
-    assert blocking == {"moved_slots": 2, "moved_bytes": 600.0, "migration_s": pytest.approx(600 / 1e6)}
-    overlapped = migration_seconds(new, previous, 2, SHAPE, PROFILE, overlapped=True)
-    assert overlapped["migration_s"] == pytest.approx(0.75 * 600 / 1e6)
-    assert migration_seconds(previous, previous, 2, SHAPE, PROFILE)["migration_s"] == 0.0
+    # One slot per GPU; GPUs 0 and 1 on node 0, 2 and 3 on node 1.
+    previous, new = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[1, 0, 2, 0]])
+    blocking = migration_seconds(new, previous, 4, 2, 4, SHAPE, PROFILE)
+    # GPU 0 gets expert 1 and GPU 1 expert 0 from their node's other GPU (NVLink, 300 B at
+    # 1 GB/s); GPU 3 gets expert 0, which node 1 never held (network, 300 B at 1 MB/s).
+    assert blocking == {"moved_slots": 3, "received_experts": 3, "moved_bytes": 900.0,
+                        "migration_s": pytest.approx(300 / 1e6)}
+    overlapped = migration_seconds(new, previous, 4, 2, 4, SHAPE, PROFILE, overlapped=True)
+    assert overlapped["migration_s"] == pytest.approx(0.75 * 300 / 1e6)
+    assert migration_seconds(previous, previous, 4, 2, 4, SHAPE, PROFILE)["migration_s"] == 0.0
+
+
+def test_a_migration_inside_a_node_runs_at_nvlink_speed():
+    previous, new = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[1, 1, 2, 3]])
+    # GPU 0 receives expert 1 from GPU 1: 300 B at 1 GB/s.
+    assert migration_seconds(new, previous, 4, 2, 4, SHAPE, PROFILE)["migration_s"] == pytest.approx(300 / 1e9)
+
+
+def test_reordering_a_gpus_own_experts_and_a_second_copy_cost_nothing():
+    # Two slots per GPU: GPU 0 swaps its slots, GPU 1 turns its expert 3 into a second copy of 2.
+    previous, new = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[1, 0, 2, 2]])
+    cost = migration_seconds(new, previous, 2, 1, 4, SHAPE, PROFILE)
+    assert cost == {"moved_slots": 3, "received_experts": 0, "moved_bytes": 0.0, "migration_s": 0.0}
+
+
+def test_the_slowest_gpu_sets_the_migration_time():
+    # GPU 2 receives two experts over the network, GPU 3 one: 600 B at 1 MB/s.
+    previous = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])
+    new = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 7]])
+    cost = migration_seconds(new, previous, 4, 2, 8, SHAPE, PROFILE)
+    assert cost["received_experts"] == 3 and cost["migration_s"] == pytest.approx(600 / 1e6)
 
 
 def test_the_shipped_profiles_load_with_their_sources():

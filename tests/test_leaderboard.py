@@ -233,7 +233,7 @@ def check_png(path):
 
 def test_write_leaderboard_on_measured_records(measured_records, tmp_path):
     paths = write_leaderboard(measured_records, tmp_path / "out", scorer="adrs_leaderboard")
-    assert set(paths) == {"markdown", "scatter", "bars", "runtime", "migrations", "html"}
+    assert set(paths) == {"markdown", "scatter", "bars", "runtime", "migrations", "speedup", "html"}
     assert all(path.parent == tmp_path / "out" and path.is_file() for path in paths.values())
     markdown = paths["markdown"].read_text()
     order = expected_order(measured_records, "adrs_leaderboard")
@@ -247,11 +247,11 @@ def test_write_leaderboard_on_measured_records(measured_records, tmp_path):
     assert [row[1] for row in scenario_rows] == order
     assert scenario_rows[-1][-1] == "error: window 3: ValueError: &lt;bad&gt; &amp; worse"
     assert scenario_rows[-1][2] == "-" and scenario_rows[0][4] != "-"  # ceiling known for ok records
-    for kind in ("scatter", "bars", "runtime", "migrations"):
+    for kind in ("scatter", "bars", "runtime", "migrations", "speedup"):
         check_png(paths[kind])
     page = paths["html"].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 5
     assert "&lt;bad&gt; &amp; worse" in page and "<bad>" not in page
 
 

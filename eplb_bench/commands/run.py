@@ -17,11 +17,15 @@ from eplb_bench.commands.common import (
     scenarios_for,
     warn,
 )
+from eplb_bench.core.costmodel import load_profile
 from eplb_bench.core.registry import algorithm_info, broken_algorithms, list_algorithms
 from eplb_bench.core.results import ResultsWriter, read_results
 from eplb_bench.data.predictors import parse_predictor
 from eplb_bench.core.record import CROSS_WORKLOAD
 from eplb_bench.data.predictors import Predictor
+from eplb_bench.data.models import dataset_expert_shape
+from eplb_bench.data.steps import steps_available
+from eplb_bench.evaluation.replay import DEFAULT_INTERVAL, CostSettings
 from eplb_bench.evaluation.parallel import ExecutorError, map_units
 from eplb_bench.evaluation.runner import Job, algorithm_reference, job_records, run_unit
 from eplb_bench.reports.text import format_table
@@ -57,6 +61,33 @@ def resumed(path: str, jobs: list[Job], repeat: int) -> tuple[list, list[Job]]:
                           if not all(record.identity() in done for record in job_records(job, repeat))]
 
 
+def parse_intervals(text: str) -> tuple[int, ...]:
+    """`K[,K...]` -> the distinct positive intervals in the order given; UsageError otherwise."""
+    try:
+        intervals = tuple(dict.fromkeys(int(part) for part in text.split(",")))
+    except ValueError:
+        intervals = ()
+    if not intervals or min(intervals) < 1:
+        raise UsageError(f"--interval: expected positive step counts K[,K...], got {text!r}")
+    return intervals
+
+
+def cost_settings(profile: str | None, intervals: str, datasets: list) -> CostSettings | None:
+    """The replay settings of `run --cost-model`, every dataset checked for an expert shape
+    and per-step loads first; None without --cost-model."""
+    if profile is None:
+        if intervals != str(DEFAULT_INTERVAL):
+            raise UsageError("--interval needs --cost-model PROFILE")
+        return None
+    settings = CostSettings(load_profile(profile), parse_intervals(intervals))
+    for dataset in datasets:
+        dataset_expert_shape(dataset.meta, dataset.name)
+        reason = steps_available(dataset)
+        if reason:
+            raise UsageError(f"--cost-model: {reason}")
+    return settings
+
+
 def command_run(args) -> int:
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
@@ -81,8 +112,9 @@ def command_run(args) -> int:
         datasets = [dataset for dataset in datasets if dataset.protocol != CROSS_WORKLOAD]
         if not datasets:
             raise UsageError(f"--predictor {args.predictor}: every dataset named holds static workloads")
+    cost = cost_settings(args.cost_model, args.interval, datasets)
     jobs = [
-        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration)
+        Job(info, dataset, scenario, device, predictor, migration=not args.no_migration, cost=cost)
         for dataset in datasets
         for scenario in scenarios_for(dataset, override)
         for info in algorithms

@@ -18,10 +18,11 @@ evaluators' load model: an expert's pairs split evenly over its replicas):
 - **layer time** = max_g compute + max_g dispatch + max_g combine + 2 x latency: the
   slowest GPU holds every collective; nothing overlaps.
 
-The step time is the sum over layers. **Migration**: a rebalance copies every slot
-whose expert changed; a GPU receives its new experts at the profile's
-migration_bytes_per_s, all GPUs at once, so it takes max_g(moved bytes of g) /
-bandwidth; `overlap_share` of it hides behind compute when migration is overlapped.
+The step time is the sum over layers. **Migration**: a rebalance copies to each GPU
+the experts it newly holds, from a GPU of its node over NVLink when one held the
+expert before, else over the network; all GPUs at once, so it takes the slowest
+GPU's time (migration_seconds); `overlap_share` of it hides behind compute when
+migration is overlapped.
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ class ExpertShape:
     intermediate_size: int
     weight_bytes_per_param: float   # 1 for FP8, 2 for BF16, about 0.53 for MXFP4 with scales
     source: str = ""
+
+    @classmethod
+    def from_dict(cls, values, where: str = "expert_shape") -> ExpertShape:
+        """An ExpertShape from a manifest's "expert_shape"; CostModelError (one line) otherwise."""
+        if not isinstance(values, dict) or set(values) - {field.name for field in fields(cls)}:
+            raise CostModelError(f"{where}: expected an object of hidden_size, intermediate_size, "
+                                 "weight_bytes_per_param and source")
+        sizes = [values.get("hidden_size"), values.get("intermediate_size")]
+        per_param = values.get("weight_bytes_per_param")
+        if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in sizes) \
+                or isinstance(per_param, bool) or not isinstance(per_param, (int, float)) \
+                or not (math.isfinite(per_param) and per_param > 0) or not isinstance(values.get("source", ""), str):
+            raise CostModelError(f"{where}: hidden_size and intermediate_size must be positive integers, "
+                                 "weight_bytes_per_param a positive number, source a string")
+        return cls(values["hidden_size"], values["intermediate_size"], float(per_param), values.get("source", ""))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     @property
     def weight_bytes(self) -> float:
@@ -170,48 +189,97 @@ def step_seconds(step_load: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.T
         {"step_s", "compute_s", "dispatch_s", "combine_s"}: the step and its parts, each
         the sum over layers of the slowest GPU's.
     """
-    step_load = step_load.double()
-    pairs = slot_loads(step_load, phy2log, logcnt)                              # [L, R]
+    return summed(layer_seconds(step_load, phy2log, logcnt, num_gpus, num_nodes, shape, profile, routing))
+
+
+def layer_seconds(load: torch.Tensor, phy2log: torch.Tensor, logcnt: torch.Tensor, num_gpus: int, num_nodes: int,
+                  shape: ExpertShape, profile: HardwareProfile, routing: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """load: [L, E] pairs of one step per layer (or of many steps' layers stacked);
+    phy2log: [L, R]; logcnt: [L, E] -> {"step_s", "compute_s", "dispatch_s",
+    "combine_s"}: [L] each, the slowest GPU's part of each layer (step_s with latency)."""
+    load = load.double()
+    pairs = slot_loads(load, phy2log, logcnt)                                   # [L, R]
     slots_per_gpu = phy2log.shape[1] // num_gpus
-    gpu_of_slot = (torch.arange(phy2log.shape[1]) // slots_per_gpu).expand(phy2log.shape[0], -1)
+    gpu_of_slot = (torch.arange(phy2log.shape[1], device=load.device) // slots_per_gpu).expand(phy2log.shape[0], -1)
     return _layer_times(pairs, gpu_of_slot, num_gpus,
-                        layer_remote_shares(step_load, phy2log, logcnt, num_nodes, *routing), shape, profile)
+                        layer_remote_shares(load, phy2log, logcnt, num_nodes, *routing), shape, profile)
 
 
 def contiguous_step_seconds(step_load: torch.Tensor, num_gpus: int, num_nodes: int, shape: ExpertShape,
                             profile: HardwareProfile, routing: tuple[int, int, int]) -> dict[str, float]:
     """step_seconds of the static baseline (contiguous_placement, no redundancy).
     step_load: [L, E]."""
-    layers, experts = step_load.shape
+    return summed(contiguous_layer_seconds(step_load, num_gpus, num_nodes, shape, profile, routing))
+
+
+def contiguous_layer_seconds(load: torch.Tensor, num_gpus: int, num_nodes: int, shape: ExpertShape,
+                             profile: HardwareProfile, routing: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """layer_seconds of the static baseline (contiguous_placement, no redundancy). load: [L, E]."""
+    layers, experts = load.shape
     gpu_of_expert, _, _ = contiguous_placement(layers, experts, num_gpus)
-    step_load = step_load.double()
-    experts_of = torch.arange(experts).expand(layers, -1)
-    remote = remote_shares(step_load, experts_of, gpu_of_expert * num_nodes // num_gpus, experts, num_nodes, *routing)
-    return _layer_times(step_load, gpu_of_expert, num_gpus, remote, shape, profile)
+    gpu_of_expert = gpu_of_expert.to(load.device)
+    load = load.double()
+    experts_of = torch.arange(experts, device=load.device).expand(layers, -1)
+    remote = remote_shares(load, experts_of, gpu_of_expert * num_nodes // num_gpus, experts, num_nodes, *routing)
+    return _layer_times(load, gpu_of_expert, num_gpus, remote, shape, profile)
+
+
+def summed(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-layer parts ([L] each) -> their sums over the layers, as floats."""
+    return {name: float(value.sum()) for name, value in parts.items()}
 
 
 def _layer_times(pairs: torch.Tensor, gpu_of_slot: torch.Tensor, num_gpus: int, remote_share: torch.Tensor,
-                 shape: ExpertShape, profile: HardwareProfile) -> dict[str, float]:
-    """pairs, gpu_of_slot: [L, S]; remote_share: [L] -> the summed parts (step_seconds)."""
+                 shape: ExpertShape, profile: HardwareProfile) -> dict[str, torch.Tensor]:
+    """pairs, gpu_of_slot: [L, S]; remote_share: [L] -> the parts of each layer, [L] each
+    (layer_seconds)."""
     compute = compute_seconds(pairs, gpu_of_slot, num_gpus, shape, profile)
-    gpu_pairs = torch.zeros(pairs.shape[0], num_gpus, dtype=torch.float64).scatter_add_(1, gpu_of_slot, pairs)
+    gpu_pairs = torch.zeros(pairs.shape[0], num_gpus, dtype=torch.float64, device=pairs.device)
+    gpu_pairs = gpu_pairs.scatter_add_(1, gpu_of_slot, pairs)
     dispatch = transfer_seconds(gpu_pairs, remote_share, num_gpus, shape, profile, profile.dispatch_bytes_per_value)
     combine = transfer_seconds(gpu_pairs, remote_share, num_gpus, shape, profile, profile.combine_bytes_per_value)
-    parts = {"compute_s": float(compute.max(-1).values.sum()), "dispatch_s": float(dispatch.max(-1).values.sum()),
-             "combine_s": float(combine.max(-1).values.sum())}
-    latency = 2 * profile.latency_s * pairs.shape[0]
-    return {"step_s": sum(parts.values()) + latency, **parts}
+    parts = {"compute_s": compute.max(-1).values, "dispatch_s": dispatch.max(-1).values,
+             "combine_s": combine.max(-1).values}
+    return {"step_s": sum(parts.values()) + 2 * profile.latency_s, **parts}
 
 
-def migration_seconds(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int, shape: ExpertShape,
-                      profile: HardwareProfile, overlapped: bool = False) -> dict[str, float]:
-    """The cost of moving from prev_phy2log to phy2log (both [L, R]): slots whose expert
-    changed, their bytes, and the seconds of the slowest GPU's copies (less the
-    profile's overlap_share when `overlapped`)."""
-    changed = (phy2log != prev_phy2log.to(phy2log.device))                       # [L, R]
-    per_gpu = changed.view(changed.shape[0], num_gpus, -1).sum((0, 2)).double()   # [G]
-    seconds = float(per_gpu.max()) * shape.weight_bytes / profile.migration_bytes_per_s
+def held_experts(phy2log: torch.Tensor, num_bins: int, num_logical: int) -> torch.Tensor:
+    """phy2log: [L, R] -> [L, num_bins, num_logical] bool: whether each bin (a GPU or a
+    node, slots in bin-major order) holds a replica of each expert."""
+    layers, slots = phy2log.shape
+    bin_of_slot = (torch.arange(slots, device=phy2log.device) * num_bins // slots).expand(layers, -1)
+    held = torch.zeros(layers, num_bins * num_logical, dtype=torch.bool, device=phy2log.device)
+    held[torch.arange(layers, device=phy2log.device).unsqueeze(-1), bin_of_slot * num_logical + phy2log] = True
+    return held.view(layers, num_bins, num_logical)
+
+
+def migration_seconds(phy2log: torch.Tensor, prev_phy2log: torch.Tensor, num_gpus: int, num_nodes: int,
+                      num_logical: int, shape: ExpertShape, profile: HardwareProfile,
+                      overlapped: bool = False) -> dict[str, float]:
+    """The cost of moving from prev_phy2log to phy2log (both [L, R]).
+
+    A GPU receives each expert it newly holds (in any of its slots, once): over NVLink
+    when some GPU of its node held it before, else over the network at
+    migration_bytes_per_s. Reordering a GPU's own experts among its slots is a local
+    copy and free. All GPUs receive at once, each link of a GPU at its own rate, so the
+    rebalance takes the slowest GPU's max(NVLink bytes / nvlink rate, network bytes /
+    migration rate); when `overlapped`, the profile's overlap_share of it is hidden.
+
+    Returns:
+        moved_slots: slots whose expert changed; received_experts: the (GPU, expert)
+        copies made; moved_bytes: their bytes; migration_s.
+    """
+    prev_phy2log = prev_phy2log.to(phy2log.device)
+    new_on_gpu = held_experts(phy2log, num_gpus, num_logical)
+    received = new_on_gpu & ~held_experts(prev_phy2log, num_gpus, num_logical)          # [L, G, E]
+    node_of_gpu = torch.arange(num_gpus, device=phy2log.device) * num_nodes // num_gpus
+    in_node_before = held_experts(prev_phy2log, num_nodes, num_logical)[:, node_of_gpu]  # [L, G, E]
+    over_nvlink = (received & in_node_before).sum((0, 2)).double()                      # [G]
+    over_network = (received & ~in_node_before).sum((0, 2)).double()
+    seconds = float(torch.maximum(over_nvlink / profile.nvlink_bytes_per_s,
+                                  over_network / profile.migration_bytes_per_s).max()) * shape.weight_bytes
     if overlapped:
         seconds *= 1 - profile.overlap_share
-    return {"moved_slots": int(changed.sum()), "moved_bytes": float(changed.sum()) * shape.weight_bytes,
-            "migration_s": seconds}
+    copies = int(received.sum())
+    return {"moved_slots": int((phy2log != prev_phy2log).sum()), "received_experts": copies,
+            "moved_bytes": copies * shape.weight_bytes, "migration_s": seconds}

@@ -29,7 +29,12 @@ SUMMARY_KEY = "summary"
 # Measurements that must be non-negative wherever a record holds one.
 NON_NEGATIVE = ("runtime_ms", "runtime_ms_min", "runtime_ms_max", "runtime_ms_iqr", "balancedness_gpu",
                 "balancedness_gpu_insample", "balancedness_slot", "balancedness_slot_insample",
-                "balancedness_node", "internode_share", "migrated_replicas", "balancedness_ceiling")
+                "balancedness_node", "internode_share", "migrated_replicas", "balancedness_ceiling",
+                "modeled_step_ms", "migration_ms", "modeled_speedup", "contiguous_step_ms", "oracle_step_ms",
+                "oracle_speedup")
+# Fields of each entry of a record's `replay`, one per rebalance interval.
+REPLAY_FIELDS = ("interval", "rebalances", "modeled_step_ms", "migration_ms", "received_experts", "modeled_speedup",
+                 "modeled_speedup_overlapped", "break_even_interval")
 # Measurements that are shares or balancedness (mean over max): between 0 and 1.
 UNIT_INTERVAL = ("balancedness_gpu", "balancedness_gpu_insample", "balancedness_slot", "balancedness_slot_insample",
                  "balancedness_node", "internode_share", "balancedness_ceiling")
@@ -89,6 +94,20 @@ class Record:
     optimality_gap: float | None = None
     bound_policy: str | None = None
     balancer_report: list | None = None
+    # Modeled serving time (run --cost-model): the hardware profile and its hash, the
+    # first rebalance interval's figures, both references, and every interval's entry
+    # (eplb_bench.evaluation.replay names the fields).
+    cost_model: str | None = None
+    cost_model_sha256: str | None = None
+    interval: int | None = None
+    modeled_step_ms: float | None = None
+    migration_ms: float | None = None
+    modeled_speedup: float | None = None
+    contiguous_step_ms: float | None = None
+    oracle_step_ms: float | None = None
+    oracle_speedup: float | None = None
+    replayed_steps: int | None = None
+    replay: list | None = None
     # Runtime of the timed calls: median and spread, in milliseconds.
     runtime_ms: float | None = None
     runtime_ms_min: float | None = None
@@ -117,8 +136,11 @@ class Record:
         return (self.algorithm, self.source_hash, self.predictor, self.migration)
 
     def identity(self) -> tuple:
-        """What names one measurement (see the module docstring)."""
-        return self.balancer_key() + self.scenario_key() + (self.repeat, self.eplb_bench_version, self.commit)
+        """What names one measurement (see the module docstring); a replay under another
+        profile or other intervals is another measurement."""
+        intervals = tuple(entry.get("interval") for entry in self.replay or ())
+        return self.balancer_key() + self.scenario_key() + (self.repeat, self.eplb_bench_version, self.commit,
+                                                            self.cost_model, self.cost_model_sha256, intervals)
 
     # ------------------------------------------------------------ serialization
 
@@ -250,6 +272,7 @@ def check_record(record: Record) -> None:
             problem = f"is above 1 ({value})"
         if problem:
             raise RecordError(f"{name} {problem}")
+    check_replay(record.replay)
     for name, value in (record.scores or {}).items():
         problem = None if value is None else _number_problem(value)
         if problem:
@@ -270,3 +293,23 @@ def check_protocol_fields(record: Record) -> None:
     if record.migrated_replicas is not None or record.windows_scored > 1 or record.predictor != "last":
         raise RecordError("a cross-workload record scores one placement on one workload: no migration, "
                           "one window, predictor last")
+
+
+def check_replay(entries: list | None) -> None:
+    """RecordError unless every replay entry holds exactly REPLAY_FIELDS: a positive
+    integer interval, a non-negative integer count of rebalances, and finite
+    non-negative numbers (break_even_interval may be null)."""
+    for entry in entries or ():
+        if not isinstance(entry, dict) or set(entry) != set(REPLAY_FIELDS):
+            raise RecordError(f"a replay entry holds exactly {', '.join(REPLAY_FIELDS)}")
+        for name in ("interval", "rebalances"):
+            value = entry[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "interval"):
+                raise RecordError(f"replay.{name} must be an integer of at least {int(name == 'interval')}")
+        for name in REPLAY_FIELDS[2:]:
+            value = entry[name]
+            if value is None and name == "break_even_interval":
+                continue
+            problem = _number_problem(value) or (f"is negative ({value})" if value < 0 else None)
+            if problem:
+                raise RecordError(f"replay.{name} {problem}")

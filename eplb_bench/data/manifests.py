@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from eplb_bench.core.contract import Scenario, ScenarioError
+from eplb_bench.core.costmodel import CostModelError, ExpertShape
 from eplb_bench.core.record import CROSS_WORKLOAD, NEXT_WINDOW, PROTOCOLS
 from eplb_bench.data.dataset import Dataset, DatasetError, _as_tensor
 from eplb_bench.data.formats import SAFE_NAME, _positive_scalar, check_windows, load_npz
@@ -42,7 +43,8 @@ def _scenarios_from(entries, where: str, num_logical: int) -> list[Scenario]:
 
 MANIFEST_TYPES = {"file": str, "sha256": str, "name": str, "scenarios": list, "phases": list,
                   "statistics": dict, "generator": dict, "model": str, "provenance": str, "bounds": dict,
-                  "protocol": str, "workloads": list, "pairs": list, "routing": dict, "source_layers": dict}
+                  "protocol": str, "workloads": list, "pairs": list, "routing": dict, "source_layers": dict,
+                  "expert_shape": dict, "replay": dict}
 
 
 def read_manifest(path: Path) -> dict:
@@ -159,6 +161,11 @@ def load_manifest(path: Path) -> Dataset:
                            f"do not match the data's {windows.shape[1]} layers")
     if "routing" in manifest:
         check_routing(manifest["routing"], windows.shape[2], path)
+    if "expert_shape" in manifest:
+        try:
+            ExpertShape.from_dict(manifest["expert_shape"], f"{path}: expert_shape")
+        except CostModelError as exc:
+            raise DatasetError(str(exc)) from None
     if windows.shape[2] % num_groups:
         raise DatasetError(f"{path}: {windows.shape[2]} experts do not divide into {num_groups} groups")
     return Dataset(

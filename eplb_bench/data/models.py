@@ -1,6 +1,8 @@
-"""The routed-expert shape of each model the datasets name (their manifests' `model`),
-for the cost model (eplb_bench.core.costmodel): hidden size, expert intermediate size
-and bytes per weight, from each model's published configuration."""
+"""The routed-expert shape of each model the datasets name, for the cost model
+(eplb_bench.core.costmodel): hidden size, expert intermediate size and bytes per
+weight, from each model's published configuration. A manifest carries its model's
+shape ("expert_shape"); this table, keyed on the manifest's `model`, is where the
+shipped manifests' shapes come from and what a manifest without one falls back on."""
 
 from __future__ import annotations
 
@@ -26,3 +28,14 @@ def expert_shape(model: str | None) -> ExpertShape:
     except KeyError:
         known = ", ".join(sorted(EXPERT_SHAPES))
         raise CostModelError(f"no expert shape for model {model!r} (known: {known})") from None
+
+
+def dataset_expert_shape(meta: dict, where: str = "dataset") -> ExpertShape:
+    """The expert shape a dataset's manifest (`meta`) carries, else its model's in the
+    table; CostModelError (one line, led by `where`) when neither gives one."""
+    if "expert_shape" in meta:
+        return ExpertShape.from_dict(meta["expert_shape"], f"{where}: expert_shape")
+    try:
+        return expert_shape(meta.get("model"))
+    except CostModelError as exc:
+        raise CostModelError(f"{where}: {exc}; give the manifest an expert_shape") from None

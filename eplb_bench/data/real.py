@@ -24,6 +24,7 @@ from eplb_bench.data.dataset import DatasetError
 from eplb_bench.data.formats import read_workloads
 from eplb_bench.data.loadstats import dataset_statistics, layer_figure_percentiles, rank_correlation
 from eplb_bench.data.manifests import sha256_of, write_dataset_files
+from eplb_bench.data.models import expert_shape
 
 NAME = "deepseek-v3-sglang"
 MODEL = "DeepSeek-V3 / R1"
@@ -31,6 +32,19 @@ MODEL = "DeepSeek-V3 / R1"
 ROUTING = {"top_k": 8, "num_groups": 8, "topk_groups": 4}
 # DeepSeek-V3 has 61 layers, the first 3 dense: the files list them with zero counts.
 DENSE_LAYERS = [0, 1, 2]
+# How the replay draws steps around each static workload (eplb_bench.data.steps): the
+# synthetic deepseek-v3's step model (tokens per step, over-dispersion), calibrated to these loads.
+REPLAY = {
+    "steps": 1100,
+    "history_steps": 100,
+    "tokens_per_step": {"prefill": 8192, "decode": 2048},
+    "concentration": 200.0,
+    "seed": 6017,
+    "why": "each workload is one aggregate with no steps; steps are drawn around its expert shares with the "
+           "step model of the synthetic deepseek-v3 (its tokens per step and concentration), and as many steps "
+           "are served as that dataset's replay serves",
+}
+
 SCENARIOS = (
     # DeepSeek's prefill deployment (EP32, 32 redundant experts, 4 nodes) is also the
     # public evaluators' 288/8/4/32: one scenario serves both.
@@ -119,6 +133,8 @@ def manifest_fields(windows: np.ndarray, meta: dict, sources: list[Path]) -> dic
         "num_windows": windows.shape[0],
         "window_steps": None,
         "routing": dict(ROUTING),
+        "expert_shape": expert_shape(MODEL).as_dict(),
+        "replay": dict(REPLAY),
         "protocol": CROSS_WORKLOAD,
         "workloads": described,
         "pairs": pairs,

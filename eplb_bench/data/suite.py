@@ -23,6 +23,7 @@ from eplb_bench.core.contract import Scenario
 from eplb_bench.data.dataset import Dataset
 from eplb_bench.data.manifests import read_manifest, write_dataset_files
 from eplb_bench.data.loadstats import dataset_statistics
+from eplb_bench.data.models import expert_shape
 from eplb_bench.data.synthetic import Phase, SyntheticSpec, generate
 
 SUITE_PHASES = (Phase(5, 0, "prefill"), Phase(3, 0, "decode"), Phase(4, 1, "prefill"))
@@ -130,6 +131,7 @@ def manifest_fields(entry: SuiteEntry, windows: np.ndarray, first_steps: np.ndar
         "num_layers": entry.spec.num_layers,
         "num_logical": entry.spec.num_logical,
         "top_k": entry.spec.top_k,
+        "expert_shape": expert_shape(entry.model).as_dict(),
         "num_groups": entry.num_groups,
         "num_windows": entry.spec.num_windows,
         "window_steps": entry.spec.window_steps,

@@ -31,6 +31,7 @@ Steps are summed into windows of `window_steps` steps.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Iterator
 
 import numpy as np
 from scipy.special import ndtri
@@ -289,35 +290,50 @@ def phase_scores(rng: np.random.Generator, spec: SyntheticSpec) -> list[np.ndarr
     return starts
 
 
-def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Generate the load history of `spec`, or its first `max_windows` windows.
-
-    A prefix is exactly the start of the full history (the random stream is the same).
-    Returns:
-        windows: [num_windows, L, E] int64, each the sum of `window_steps` steps;
-        first_steps: [keep_steps, L, E] int64, the first steps of window 0.
-    """
+def iterate_steps(spec: SyntheticSpec, max_windows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (window index, routed token counts [L, E] int64) for every step of the
+    history of `spec` (or of its first `max_windows` windows), in time order; a window
+    is the sum of its `window_steps` steps. One random stream: any prefix is exactly
+    the start of the full history."""
     rng = np.random.default_rng(spec.seed)
     spreads = layer_spreads(rng, spec)
     offsets = idle_offsets(rng, spec)
     gaps = hot_expert_gaps(rng, spec)
     total = spec.num_windows if max_windows is None else min(max_windows, spec.num_windows)
-    windows = np.zeros((total, spec.num_layers, spec.num_logical), dtype=np.int64)
-    kept = []
     window = 0
     for phase, scores in zip(spec.phases, phase_scores(rng, spec)):
         tokens = spec.decode_tokens_per_step if phase.stage == "decode" else spec.tokens_per_step
         for _ in range(phase.windows):
             if window == total:
-                break
+                return
             shares = route_shares(rng, expert_logits(scores, spreads, offsets, spec.score_skew, gaps), spec)
-            for step in range(spec.window_steps):
-                loads = step_loads(rng, shares, tokens * spec.top_k, spec.concentration)
-                windows[window] += loads
-                if window == 0 and step < keep_steps:
-                    kept.append(loads)
+            for _ in range(spec.window_steps):
+                yield window, step_loads(rng, shares, tokens * spec.top_k, spec.concentration)
             scores = standardized(scores + spec.drift * rng.normal(size=scores.shape))
             window += 1
+
+
+def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Generate the load history of `spec`, or its first `max_windows` windows (iterate_steps).
+
+    Returns:
+        windows: [num_windows, L, E] int64, each the sum of `window_steps` steps;
+        first_steps: [keep_steps, L, E] int64, the first steps of window 0.
+    """
+    total = spec.num_windows if max_windows is None else min(max_windows, spec.num_windows)
+    windows = np.zeros((total, spec.num_layers, spec.num_logical), dtype=np.int64)
+    kept = []
+    for window, loads in iterate_steps(spec, max_windows):
+        windows[window] += loads
+        if window == 0 and len(kept) < keep_steps:
+            kept.append(loads)
     first_steps = np.stack(kept) if kept else np.zeros((0, spec.num_layers, spec.num_logical), dtype=np.int64)
     return windows, first_steps
 
+
+def all_steps(spec: SyntheticSpec) -> np.ndarray:
+    """[num_windows * window_steps, L, E] int64: every step of the history of `spec`."""
+    steps = np.empty((spec.num_windows * spec.window_steps, spec.num_layers, spec.num_logical), dtype=np.int64)
+    for index, (_, loads) in enumerate(iterate_steps(spec)):
+        steps[index] = loads
+    return steps

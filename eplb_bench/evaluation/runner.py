@@ -19,7 +19,7 @@ import secrets
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -27,6 +27,7 @@ from eplb_bench import __version__
 from eplb_bench.core.contract import (
     PREVIOUS_PLACEMENT_KEYWORD,
     REPORT_KEYWORD,
+    Placement,
     PlacementError,
     Scenario,
     as_placement,
@@ -40,6 +41,19 @@ from eplb_bench.core.record import CROSS_WORKLOAD, Record
 from eplb_bench.core.registry import AlgorithmInfo, algorithm_info, file_algorithm_info, list_algorithms
 from eplb_bench.core.scoring import all_scores
 from eplb_bench.core.simulate import bound_metrics, internode_share, placement_metrics
+from eplb_bench.data.models import dataset_expert_shape
+from eplb_bench.data.steps import synthetic_steps, workload_replay, workload_steps
+from eplb_bench.evaluation.replay import (
+    CostSettings,
+    Deployment,
+    Planner,
+    Trace,
+    contiguous_ms,
+    history_load,
+    oracle_ms,
+    placement_key,
+    replay,
+)
 
 
 class BalancerFailure(Exception):
@@ -64,6 +78,8 @@ class Job:
     migration: bool = True
     # Jobs that ran at once on this machine (or cluster): recorded with the host.
     concurrent_jobs: int = 1
+    # Replay under the cost model (run --cost-model): None leaves it out.
+    cost: CostSettings | None = None
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -303,7 +319,7 @@ def run_job(job: Job, repeat: int = 1) -> Record:
     lower = stored_lower_bounds(job.dataset, scenario)
     if lower is not None and bool(lower[:-1].isnan().any()):
         lower = None  # bounds for some in-sample window are missing
-    window, previous = None, None
+    window, previous, placements = None, None, []
     routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
     try:
         warm_up(job.algorithm, planned[0], scenario)
@@ -314,6 +330,7 @@ def run_job(job: Job, repeat: int = 1) -> Record:
             if report is not None:
                 reports.append(report)
             seconds.extend(elapsed)
+            placements.append(placement)
             phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
             if previous is not None:
                 migrated.append(migrated_slots(phy2log, previous))
@@ -344,6 +361,8 @@ def run_job(job: Job, repeat: int = 1) -> Record:
         balancer_report=reports or None,
     )
     record.scores = all_scores(record, record.runtime_ms / 1e3)
+    if job.cost is not None:
+        record = with_replay(record, lambda: next_window_modeled(job, placements))
     return record
 
 
@@ -385,7 +404,7 @@ def run_cross_workload(job: Job, repeat: int = 1) -> list[Record]:
         except BalancerFailure as failure:
             planned[workload] = failure
             broken = restarted(job, windows[workload], failure, names[workload])
-    scored = []
+    scored, memo = [], {}
     for record, (plan_index, serve_index) in zip(records, pairs):
         outcome = planned[plan_index]
         if isinstance(outcome, BalancerFailure):
@@ -415,8 +434,123 @@ def run_cross_workload(job: Job, repeat: int = 1) -> list[Record]:
             balancer_report=None if report is None else [report],
         )
         record.scores = all_scores(record, record.runtime_ms / 1e3)
+        if job.cost is not None:
+            oracle = planned[serve_index]
+            record = with_replay(record, lambda: workload_modeled(
+                job, plan_index, serve_index, placement, None if isinstance(oracle, BalancerFailure) else oracle[0],
+                memo))
         scored.append(record)
     return scored
+
+
+# ---------------------------------------------------------------- replay under the cost model
+
+
+def with_replay(record: Record, modeled: Callable[[], dict]) -> Record:
+    """`record` with the replay's fields (`modeled()`); a balancer failing in a replay's
+    plan fails the record, its measured balance kept."""
+    try:
+        return dataclasses.replace(record, **modeled())
+    except BalancerFailure as failure:
+        return dataclasses.replace(record, status=failure.status, error=one_line(f"replay: {failure}"))
+
+
+def deployment_of(job: Job) -> Deployment:
+    """The cluster, routing, expert shape and profile a job's replay is modeled on."""
+    routing = job.dataset.routing
+    shape = dataset_expert_shape(job.dataset.meta, job.dataset.name)
+    return Deployment(job.scenario.num_gpus, job.scenario.num_nodes,
+                      (routing.top_k, routing.num_groups, routing.topk_groups), shape, job.cost.profile)
+
+
+def replay_planner(job: Job, trace: Trace, memo: dict, history_id: Callable[[int], object]) -> Planner:
+    """The balancer as the replay calls it: at a step, on the predictor's view of the
+    history, told the placement in service when it takes prev_phy2log; untimed. Plans are
+    kept in `memo` by (history_id(step), step, placement replaced): one plan serves
+    every interval (and, for static workloads, every pair) that needs it."""
+    floating = job.dataset.windows.is_floating_point()
+
+    def plan_at(step: int, current: torch.Tensor | None):
+        previous = current if passes_previous(job) else None
+        key = (history_id(step),) + placement_key(step, previous)
+        if key not in memo:
+            weight = history_load(trace, step, job.predictor)
+            weight = (weight.double() if floating else weight).to(job.device)
+            given = None if previous is None else previous.to(job.device)
+            try:
+                memo[key] = plan(job.algorithm, weight, job.scenario, 1, given)[0]
+            except BalancerFailure as failure:
+                raise BalancerFailure(failure.status, f"step {step}: {failure}") from None
+        return memo[key]
+    return plan_at
+
+
+def modeled_fields(job: Job, trace: Trace, first: Placement, plan_at: Planner,
+                   oracle: list[tuple[int, Placement]] | None) -> dict:
+    """The record's cost-model fields: every interval's replay (the first leads), the
+    contiguous baseline and the oracle (None when the balancer failed on its plan)."""
+    deployment = deployment_of(job)
+    baseline = contiguous_ms(trace, deployment)
+    entries = []
+    for interval in job.cost.intervals:
+        try:
+            entries.append(replay(trace, interval, first, plan_at, deployment, baseline))
+        except BalancerFailure as failure:
+            raise BalancerFailure(failure.status, f"interval {interval}, {failure}") from None
+    best = oracle_ms(trace, oracle, deployment) if oracle else None
+    lead = entries[0]
+    return {
+        "cost_model": job.cost.profile.name, "cost_model_sha256": job.cost.profile_sha256,
+        "interval": lead["interval"], "modeled_step_ms": lead["modeled_step_ms"],
+        "migration_ms": lead["migration_ms"], "modeled_speedup": lead["modeled_speedup"],
+        "contiguous_step_ms": baseline, "oracle_step_ms": best,
+        "oracle_speedup": None if best is None else baseline / best,
+        "replayed_steps": trace.served, "replay": entries,
+    }
+
+
+def next_window_modeled(job: Job, placements: list[Placement]) -> dict:
+    """modeled_fields of a load history: its steps regenerated; service from the end of
+    window 0 under the plan on window 0; plans on windows of window_steps steps. The
+    runner's plans are the replay's at window ends (placements[i], made at the end of
+    window i), and the oracle's where it plans on the windows themselves (predictor last)."""
+    width = job.dataset.window_steps
+    trace = Trace(synthetic_steps(job.dataset), width, width)
+    memo, previous = {}, None
+    for index, placement in enumerate(placements):
+        replaced = previous.phy2log if previous is not None and passes_previous(job) else None
+        memo[(None,) + placement_key((index + 1) * width, replaced)] = placement
+        previous = placement
+    plan_at = replay_planner(job, trace, memo, lambda step: None)
+    oracle, current = [], placements[0]
+    for window in range(1, job.dataset.num_windows):
+        if job.predictor.kind == "last" and window < len(placements):
+            current = placements[window]
+        else:
+            given = current.phy2log.to(job.device) if passes_previous(job) else None
+            try:
+                current = plan(job.algorithm, job.dataset.windows[window].to(job.device), job.scenario, 1, given)[0]
+            except BalancerFailure as failure:
+                raise BalancerFailure(failure.status, f"oracle on window {window}: {failure}") from None
+        oracle.append((window * width, current))
+    return modeled_fields(job, trace, placements[0], plan_at, oracle)
+
+
+def workload_modeled(job: Job, plan_index: int, serve_index: int, placement: Placement, in_sample: Placement | None,
+                     memo: dict) -> dict:
+    """modeled_fields of one (plan, serve) pair of static workloads: history_steps steps
+    drawn around the planned workload, then the served workload's steps; service starts
+    under the plan on the planned workload; the oracle is the plan on the served one."""
+    settings = workload_replay(job.dataset)
+    width = settings.history_steps
+    steps = torch.cat([workload_steps(job.dataset, plan_index)[:width], workload_steps(job.dataset, serve_index)[width:]])
+    trace = Trace(steps, width, width)
+
+    def history_id(step: int):
+        # A history of the served workload alone is the same whoever planned before it.
+        return serve_index if step >= 2 * width else (plan_index, serve_index)
+    plan_at = replay_planner(job, trace, memo, history_id)
+    return modeled_fields(job, trace, placement, plan_at, None if in_sample is None else [(width, in_sample)])
 
 
 def restarted(job: Job, weight: torch.Tensor, failure: BalancerFailure, workload: str) -> BalancerFailure | None:

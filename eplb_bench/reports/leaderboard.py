@@ -19,6 +19,7 @@ from eplb_bench.reports.plots import (
     plot_migrations_by_scenario,
     plot_runtime_by_scenario,
 )
+from eplb_bench.reports.modeled import modeled_tables, plot_speedup_vs_interval
 from eplb_bench.reports.standings import (
     HELDOUT,
     INCOMPLETE_RULE,
@@ -38,6 +39,7 @@ FILES = {
     "bars": "balance_by_dataset.png",
     "runtime": "runtime_by_scenario.png",
     "migrations": "migrations_by_scenario.png",
+    "speedup": "speedup_vs_interval.png",
     "html": "leaderboard.html",
 }
 PLOT_TEXT = {
@@ -47,7 +49,10 @@ PLOT_TEXT = {
             "beats the mean load",
     "runtime": "Median runtime per call for each scenario, log axis, whiskers from the fastest to the slowest call",
     "migrations": "Slots whose expert changed per rebalance, for each scenario",
+    "speedup": "Modeled speedup over the contiguous placement against the rebalance interval, per replayed scenario "
+               "(run --cost-model), log interval axis",
 }
+MODELED_HEADING = "Modeled serving time"
 PER_MACHINE_RULE = ("Rankings are per machine identity (CPU or GPU model, cores, threads, library versions) and "
                     "never mixed: runtimes, and every score with a speed term, depend on them.")
 HELDOUT_HEADING = "Held-out draws (fresh seeds, seed in each record)"
@@ -93,6 +98,9 @@ def leaderboard_markdown(records, scorer: str) -> str:
     if not tables:
         parts += ["", "No public records." if records else "No records."]
     parts += ["\n" + markdown_table(table) for table in tables]
+    modeled = modeled_tables(splits["public"])
+    if modeled:
+        parts += ["", f"## {MODELED_HEADING}"] + ["\n" + markdown_table(table, level=3) for table in modeled]
     parts += ["", "## Scenarios"]
     parts += ["\n" + markdown_table(table, level=3) for table in scenario_tables(splits["public"], scorer)]
     if splits[HELDOUT]:
@@ -134,6 +142,9 @@ def leaderboard_html(records, scorer: str, plots: dict[str, Path]) -> str:
     parts += [_html_note(note) for note in _page_notes(records)]
     tables = overall_tables(splits["public"], scorer)
     parts += [html_table(table) for table in tables] or [f"<p>{'No public records.' if records else 'No records.'}</p>"]
+    modeled = modeled_tables(splits["public"])
+    if modeled:
+        parts += [f"<h2>{MODELED_HEADING}</h2>"] + [html_table(table) for table in modeled]
     parts += ["<h2>Plots</h2>"]
     parts += [f'<img src="{png_data_uri(path)}" alt="{html.escape(PLOT_TEXT[kind])}">' for kind, path in plots.items()]
     parts += ["<h2>Scenarios</h2>"]
@@ -148,7 +159,7 @@ def leaderboard_html(records, scorer: str, plots: dict[str, Path]) -> str:
 
 
 def write_leaderboard(records, out_dir: str | Path, scorer: str = DEFAULT_SCORER) -> dict[str, Path]:
-    """Write the Markdown page, four plots and the HTML page into `out_dir` (created if
+    """Write the Markdown page, five plots and the HTML page into `out_dir` (created if
     needed); return their paths by kind (see FILES). The plots show the public split."""
     check_scorer(scorer)
     records = as_records(records)
@@ -161,6 +172,7 @@ def write_leaderboard(records, out_dir: str | Path, scorer: str = DEFAULT_SCORER
     plot_balance_by_scenario(public, paths["bars"])
     plot_runtime_by_scenario(public, paths["runtime"])
     plot_migrations_by_scenario(public, paths["migrations"])
+    plot_speedup_vs_interval(public, paths["speedup"])
     plots = {kind: paths[kind] for kind in PLOT_TEXT}
     paths["html"].write_text(leaderboard_html(records, scorer, plots), encoding="utf-8")
     return paths
