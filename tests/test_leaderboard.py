@@ -483,7 +483,7 @@ def test_headless_chromium_renders_the_page(measured_records, tmp_path):
     parsed = TableAndImages()
     parsed.feed(dom)
     assert [row[1] for row in parsed.rows] == expected_order(measured_records, "adrs_leaderboard")
-    assert len(parsed.images) == 4
+    assert len(parsed.images) == 5
     assert all(image["src"].startswith("data:image/png;base64,") and image.get("alt") for image in parsed.images)
 
     screenshot = tmp_path / "shot.png"

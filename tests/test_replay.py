@@ -338,8 +338,11 @@ def test_modeled_standings_rank_by_the_geometric_mean_and_complete_entries_first
     rows = modeled_standings(records, 10)
     assert [row["entry"] for row in rows] == ["b", "a", "c"]
     assert rows[1]["speedup"] == pytest.approx((1.2 * 1.5) ** 0.5) and rows[2]["scenarios_ok"] == 1
-    titles = [table.title for table in modeled_tables(records)]
-    assert titles == [f"Modeled speedup standings: profile p@ffffffff, rebalance every {k} steps" for k in (10, 100)]
+    tables = modeled_tables(records)
+    assert [table.title for table in tables] == [
+        f"Modeled speedup standings: profile p@ffffffff, rebalance every {k} steps" for k in (10, 100)
+    ] + ["Break-even rebalance interval"]
+    assert ["d s1 (p@ffffffff)", "a", "below 10", "1.200 at 10"] in tables[-1].rows
     curves = speedup_curves(records)
     assert curves["d s1 (p@ffffffff)"]["a"] == [(10, 1.2), (100, 1.0)]
     assert "## Modeled serving time" in leaderboard_markdown(records, "balance")
@@ -356,3 +359,14 @@ def test_every_shipped_manifest_carries_its_models_expert_shape():
     for name in shipped_names():
         meta = load_dataset(name).meta
         assert dataset_expert_shape(meta) == expert_shape(meta["model"]), name
+
+
+def test_break_even_is_read_off_the_curve():
+    from eplb_bench.reports.modeled import break_even
+
+    # Crosses 1 halfway (in log) between 10 and 1000: at 100.
+    assert break_even([(10, 0.9), (1000, 1.1)]) == "100.0"
+    assert break_even([(10, 0.8), (100, 0.9), (1000, 1.0)]) == "1000.0"
+    assert break_even([(5, 1.02), (50, 1.1)]) == "below 5"
+    assert break_even([(5, 0.7), (50, 0.9)]) == "none up to 50"
+    assert break_even([]) == "-"

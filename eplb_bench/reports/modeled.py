@@ -94,7 +94,8 @@ def modeled_standings(records: list[Record], interval: int) -> list[dict]:
 
 
 def modeled_tables(records: list[Record]) -> list[Table]:
-    """The standings by modeled speedup, one table per (profile, interval)."""
+    """The standings by modeled speedup, one table per (profile, interval), then the
+    break-even intervals."""
     tables = []
     for (profile, interval), group in modeled_groups(records).items():
         rows = [[str(row["rank"]), row["entry"], f"{row['scenarios_ok']}/{row['scenarios_total']}",
@@ -106,8 +107,10 @@ def modeled_tables(records: list[Record]) -> list[Table]:
             title=f"Modeled speedup standings: profile {profile}, rebalance every {interval} steps",
             header=["rank", "balancer", "scenarios", "modeled speedup", "overlapped", "oracle speedup",
                     "modeled step ms", "migration ms", "status"],
-            rows=rows, note=f"{MODELED_RULE} {INCOMPLETE_RULE}", table_id=f"modeled-{profile}-{interval}"))
-    return tables
+            rows=rows, note="" if tables else f"{MODELED_RULE} {INCOMPLETE_RULE}",
+            table_id=f"modeled-{profile}-{interval}"))
+    crossing = break_even_table(records)
+    return tables + ([crossing] if crossing else [])
 
 
 def speedup_curves(records: list[Record]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -129,6 +132,43 @@ def speedup_curves(records: list[Record]) -> dict[str, dict[str, list[tuple[int,
         curves[panel] = {label: sorted((k, geometric_mean(v)) for k, v in points.items())
                          for label, points in sorted(entries.items())}
     return curves
+
+
+def break_even(points: list[tuple[int, float]]) -> str:
+    """points: [(interval, modeled speedup)], intervals ascending -> the interval below which
+    the balancer loses to the contiguous placement, as text: where the curve first rises
+    through 1 (log-linear between the two intervals around it), "below K" when it is at
+    least 1 from the shortest interval on, "none up to K" when it never reaches 1."""
+    points = [(k, v) for k, v in points if v is not None]
+    if not points:
+        return MISSING
+    if points[0][1] >= 1:
+        return f"below {points[0][0]}"
+    for (k0, v0), (k1, v1) in zip(points, points[1:]):
+        if v0 < 1 <= v1:
+            share = (1 - v0) / (v1 - v0)
+            return f"{math.exp(math.log(k0) + share * (math.log(k1) - math.log(k0))):.1f}"
+    return f"none up to {points[-1][0]}"
+
+
+def break_even_table(records: list[Record]) -> Table | None:
+    """Per replayed (dataset, scenario) and entry: the break-even interval (break_even)
+    from its speedups at the intervals replayed; None without a panel of several intervals."""
+    rows = []
+    for panel, entries in speedup_curves(records).items():
+        for label, points in entries.items():
+            if label != ORACLE_LABEL and len(points) > 1:
+                best = max(((v, k) for k, v in points if v is not None), default=None)
+                rows.append([panel, label, break_even(points),
+                             MISSING if best is None else f"{best[0]:.3f} at {best[1]}"])
+    if not rows:
+        return None
+    return Table(title="Break-even rebalance interval",
+                 header=["scenario", "balancer", "break-even interval (steps)", "best modeled speedup"], rows=rows,
+                 note="Below the break-even interval, rebalancing that often costs more in weight migrations than the "
+                      "balance gains: the modeled speedup over the contiguous placement falls under 1. Read off the "
+                      "intervals replayed (geometric means over a scenario's workload pairs), log-linear between two.",
+                 table_id="modeled-break-even")
 
 
 def plot_speedup_vs_interval(records: list[Record], path: Path) -> Path:
