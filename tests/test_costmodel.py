@@ -148,6 +148,9 @@ def test_the_shipped_profiles_load_with_their_sources():
     ({"nvlink_bytes_per_s": -1.0}, "nvlink_bytes_per_s must be a finite number >= 0"),
     ({"network_bytes_per_s": 0}, "must be positive"),
     ({"overlap_share": 1.5}, "overlap_share at most 1"),
+    ({"name": 5}, "name must be a non-empty string"),
+    ({"sources": 5}, "sources must be a list of strings"),
+    ({"gpus_per_node": 2.5}, "gpus_per_node must be a positive integer"),
 ])
 def test_a_bad_profile_is_one_line(tmp_path, change, message):
     path = tmp_path / "mine.json"

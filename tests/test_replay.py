@@ -210,10 +210,37 @@ def test_the_placement_in_service_is_handed_to_the_replays_plans():
     record = run_job(Job(algorithm, dataset, SCENARIO, cost=dataclasses.replace(COST, intervals=(10,))))
     assert record.status == "ok" and record.replay[0]["rebalances"] == 1
     # The chain differs from the run's (window 0's plan, not window 1's, is in service), so step 15 is
-    # planned anew, after the oracle's call on the last window.
+    # planned anew, before the oracle's call on the last window.
     steps = synthetic_steps(dataset)
-    assert torch.equal(calls[-1], steps[10:15].sum(0, dtype=torch.int64))
-    assert torch.equal(calls[-2], dataset.windows[3])
+    assert torch.equal(calls[-2], steps[10:15].sum(0, dtype=torch.int64))
+    assert torch.equal(calls[-1], dataset.windows[3])
+
+
+def test_every_call_comes_in_step_order_and_the_oracle_last():
+    dataset = tiny_dataset()
+    steps = synthetic_steps(dataset)
+    # The step each known input ends at: a window's end, or a replay history's.
+    ends = {bytes(steps[max(0, t - 5):t].sum(0, dtype=torch.int64).numpy()): t for t in range(1, 21)}
+    algorithm, calls = counting(prev_aware=True)
+    record = run_job(Job(algorithm, dataset, SCENARIO, cost=dataclasses.replace(COST, intervals=(3, 7, 5))))
+    assert record.status == "ok"
+    stamps = [ends[bytes(call.numpy())] for call in calls if bytes(call.numpy()) in ends]
+    assert stamps[-1] == 20                       # the oracle's plan on the last window, last
+    assert stamps[:-1] == sorted(stamps[:-1]) and len(stamps) > 8
+    assert max(stamps[:-1]) < 20
+
+
+def test_a_balancer_that_edits_the_placement_it_is_handed_is_invalid():
+    deepseek = get_algorithm("deepseek")
+
+    def scribbles(weight, num_replicas, num_groups, num_nodes, num_gpus, prev_phy2log=None):
+        if prev_phy2log is not None:
+            prev_phy2log.zero_()       # would make every stored placement one expert's
+        return deepseek(weight, num_replicas, num_groups, num_nodes, num_gpus)
+
+    algorithm = AlgorithmInfo("scribbles", scribbles, accepts=_keyword_names(scribbles))
+    record = run_job(Job(algorithm, tiny_dataset(), SCENARIO, cost=COST))
+    assert record.status == "invalid" and "modified its prev_phy2log" in record.error
 
 
 def test_a_balancer_failing_in_the_replay_fails_the_record_and_keeps_its_balance():
@@ -228,8 +255,20 @@ def test_a_balancer_failing_in_the_replay_fails_the_record_and_keeps_its_balance
 
     record = run_job(Job(AlgorithmInfo("picky", only_windows), dataset, SCENARIO,
                          cost=dataclasses.replace(COST, intervals=(3,))))
-    assert record.status == "error" and record.error.startswith("replay: interval 3, step 8: RuntimeError")
+    assert record.status == "error" and record.error.startswith("replay: step 8: RuntimeError")
     assert record.balancedness_gpu is not None and record.modeled_speedup is None
+    # Still a record of the replay: ranked (as failed) in its profile's modeled standings.
+    assert record.cost_model == "h200-nvlink-ib400" and record.intervals == [3]
+
+
+def test_a_replay_is_another_measurement_than_a_plain_run():
+    from eplb_bench.evaluation.runner import job_records
+
+    job = Job(AlgorithmInfo("deepseek", get_algorithm("deepseek")), tiny_dataset(), SCENARIO)
+    plain, replayed = job_records(job)[0], job_records(dataclasses.replace(job, cost=COST))[0]
+    other = job_records(dataclasses.replace(job, cost=dataclasses.replace(COST, intervals=(5, 10))))[0]
+    assert len({plain.identity(), replayed.identity(), other.identity()}) == 3
+    assert replayed.cost_model == "h200-nvlink-ib400" and other.intervals == [5, 10] and other.interval == 5
 
 
 def test_static_workloads_replay_with_plans_shared_between_pairs():
@@ -279,6 +318,9 @@ def test_replay_entries_are_checked():
     (["--cost-model", "h200-nvlink-ib400", "--interval", "0"], 2, "--interval: expected positive step counts"),
     (["--cost-model", "h200-nvlink-ib400", "--interval", "ten"], 2, "--interval: expected positive step counts"),
     (["--cost-model", "no-such-gpu"], 1, "no hardware profile 'no-such-gpu'"),
+    (["--cost-model", "h200-nvlink-ib400", "--interval", "1_000"], 2, "--interval: expected positive step counts"),
+    (["--cost-model", "h200-nvlink-ib400", "--replicas", "16", "--gpus", "8", "--nodes", "2"], 2,
+     "has 4 GPUs per node, the profile 8"),
 ])
 def test_bad_cost_model_arguments_are_one_line(capsys, arguments, code, message):
     assert main(["run", "--algorithms", "fast", "--datasets", "mixtral-8x7b", *arguments]) == code
@@ -370,3 +412,23 @@ def test_break_even_is_read_off_the_curve():
     assert break_even([(5, 1.02), (50, 1.1)]) == "below 5"
     assert break_even([(5, 0.7), (50, 0.9)]) == "none up to 50"
     assert break_even([]) == "-"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": True}, "replay.steps must be a int"),
+    ({"steps": 10**9}, "replay steps and history_steps must be 1 to 100000"),
+    ({"tokens_per_step": {"prefill": 2**40, "decode": 16}}, "replay.tokens_per_step needs"),
+    ({"tokens_per_step": {"prefill": True, "decode": 16}}, "replay.tokens_per_step needs"),
+    ({"extra": 1}, "unknown replay setting(s) extra"),
+])
+def test_malformed_replay_settings_are_one_line(change, message):
+    from eplb_bench.data.steps import steps_available
+
+    settings = {"steps": 12, "history_steps": 3, "tokens_per_step": {"prefill": 64, "decode": 16},
+                "concentration": 50.0, "seed": 1}
+    workloads = [{"name": "a", "stage": "prefill"}, {"name": "c", "stage": "decode"}]
+    dataset = Dataset(name="static", windows=torch.ones(2, 2, 8, dtype=torch.int64), num_groups=4,
+                      scenarios=[SCENARIO], window_steps=None,
+                      meta={"protocol": "cross-workload", "workloads": workloads, "replay": {**settings, **change}})
+    reason = steps_available(dataset)
+    assert reason is not None and message in reason and "\n" not in reason

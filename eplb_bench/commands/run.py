@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 
 from eplb_bench.commands.common import (
@@ -61,12 +62,13 @@ def resumed(path: str, jobs: list[Job], repeat: int) -> tuple[list, list[Job]]:
                           if not all(record.identity() in done for record in job_records(job, repeat))]
 
 
+DIGITS = re.compile(r"[0-9]+")
+
+
 def parse_intervals(text: str) -> tuple[int, ...]:
     """`K[,K...]` -> the distinct positive intervals in the order given; UsageError otherwise."""
-    try:
-        intervals = tuple(dict.fromkeys(int(part) for part in text.split(",")))
-    except ValueError:
-        intervals = ()
+    parts = [part.strip() for part in text.split(",")]
+    intervals = tuple(dict.fromkeys(int(part) for part in parts)) if all(map(DIGITS.fullmatch, parts)) else ()
     if not intervals or min(intervals) < 1:
         raise UsageError(f"--interval: expected positive step counts K[,K...], got {text!r}")
     return intervals
@@ -86,6 +88,17 @@ def cost_settings(profile: str | None, intervals: str, datasets: list) -> CostSe
         if reason:
             raise UsageError(f"--cost-model: {reason}")
     return settings
+
+
+def check_node_size(cost: CostSettings, jobs: list[Job]) -> None:
+    """UsageError unless every scenario has the profile's GPUs per node: the profile's
+    rates are those of that node."""
+    for job in jobs:
+        per_node = job.scenario.num_gpus // job.scenario.num_nodes
+        if per_node != cost.profile.gpus_per_node:
+            raise UsageError(f"--cost-model {cost.profile.name}: {job.dataset.name} {job.scenario.name or ''} has "
+                             f"{per_node} GPUs per node, the profile {cost.profile.gpus_per_node} (copy the profile "
+                             "and set gpus_per_node and its rates)")
 
 
 def command_run(args) -> int:
@@ -119,6 +132,8 @@ def command_run(args) -> int:
         for scenario in scenarios_for(dataset, override)
         for info in algorithms
     ]
+    if cost is not None:
+        check_node_size(cost, jobs)
     records = []
     if args.resume:
         records, jobs = resumed(args.out, jobs, args.repeat)

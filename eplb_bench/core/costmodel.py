@@ -108,7 +108,16 @@ class HardwareProfile:
             raise CostModelError("profile: " + "; ".join(
                 part for part in (f"unknown field(s) {', '.join(unknown)}" if unknown else "",
                                   f"missing {', '.join(missing)}" if missing else "") if part))
-        profile = cls(**{**values, "sources": tuple(values.get("sources", ()))})
+        label = values.get("name")
+        if not (isinstance(label, str) and label and isinstance(values.get("description"), str)):
+            raise CostModelError("profile: name must be a non-empty string and description a string")
+        sources = values.get("sources", [])
+        if not (isinstance(sources, list) and all(isinstance(source, str) for source in sources)):
+            raise CostModelError(f"profile {label}: sources must be a list of strings")
+        count = values.get("gpus_per_node")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise CostModelError(f"profile {label}: gpus_per_node must be a positive integer, got {count!r}")
+        profile = cls(**{**values, "sources": tuple(sources)})
         for field in fields(cls):
             value = getattr(profile, field.name)
             if field.type in ("float", "int") and not (isinstance(value, (int, float)) and math.isfinite(value)

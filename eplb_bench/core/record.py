@@ -31,7 +31,7 @@ NON_NEGATIVE = ("runtime_ms", "runtime_ms_min", "runtime_ms_max", "runtime_ms_iq
                 "balancedness_gpu_insample", "balancedness_slot", "balancedness_slot_insample",
                 "balancedness_node", "internode_share", "migrated_replicas", "balancedness_ceiling",
                 "modeled_step_ms", "migration_ms", "modeled_speedup", "contiguous_step_ms", "oracle_step_ms",
-                "oracle_speedup")
+                "oracle_speedup", "replay_runtime_ms")
 # Fields of each entry of a record's `replay`, one per rebalance interval.
 REPLAY_FIELDS = ("interval", "rebalances", "modeled_step_ms", "migration_ms", "received_experts", "modeled_speedup",
                  "modeled_speedup_overlapped", "break_even_interval")
@@ -100,6 +100,7 @@ class Record:
     cost_model: str | None = None
     cost_model_sha256: str | None = None
     interval: int | None = None
+    intervals: list | None = None
     modeled_step_ms: float | None = None
     migration_ms: float | None = None
     modeled_speedup: float | None = None
@@ -108,6 +109,7 @@ class Record:
     oracle_speedup: float | None = None
     replayed_steps: int | None = None
     replay: list | None = None
+    replay_runtime_ms: float | None = None
     # Runtime of the timed calls: median and spread, in milliseconds.
     runtime_ms: float | None = None
     runtime_ms_min: float | None = None
@@ -138,7 +140,7 @@ class Record:
     def identity(self) -> tuple:
         """What names one measurement (see the module docstring); a replay under another
         profile or other intervals is another measurement."""
-        intervals = tuple(entry.get("interval") for entry in self.replay or ())
+        intervals = tuple(self.intervals or ())
         return self.balancer_key() + self.scenario_key() + (self.repeat, self.eplb_bench_version, self.commit,
                                                             self.cost_model, self.cost_model_sha256, intervals)
 

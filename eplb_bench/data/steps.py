@@ -29,6 +29,9 @@ from eplb_bench.data.synthetic import SyntheticSpec, iterate_steps, step_loads
 STEP_DTYPE = np.int32
 REPLAY_KEYS = {"steps": int, "history_steps": int, "tokens_per_step": dict, "concentration": float, "seed": int,
                "why": str}
+# Bounds on a manifest's replay settings: steps kept in memory, and a step's count in STEP_DTYPE.
+MAX_REPLAY_STEPS = 100_000
+MAX_ROUTED_PER_STEP = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -88,19 +91,26 @@ def workload_replay(dataset: Dataset) -> WorkloadReplay:
     if not isinstance(settings, dict):
         raise DatasetError(f"{dataset.name} holds static workloads without replay settings (the manifest's "
                            '"replay": steps, history_steps, tokens_per_step, concentration, seed)')
+    unknown = sorted(set(settings) - set(REPLAY_KEYS))
+    if unknown:
+        raise DatasetError(f"{dataset.name}: unknown replay setting(s) {', '.join(unknown)}")
     for key, kind in REPLAY_KEYS.items():
         value = settings.get(key)
-        number = kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key != "why" and not (isinstance(value, kind) or (kind is float and number)):
+        if key == "why" and value is None:
+            continue
+        number = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if isinstance(value, bool) or not number:
             raise DatasetError(f"{dataset.name}: replay.{key} must be a {kind.__name__}")
     stages = {entry.get("stage", "prefill") for entry in dataset.meta.get("workloads", [])}
     tokens = settings["tokens_per_step"]
-    if not all(isinstance(tokens.get(stage), int) and tokens[stage] > 0 for stage in stages):
-        raise DatasetError(f"{dataset.name}: replay.tokens_per_step needs a positive count for "
-                           f"{', '.join(sorted(stages))}")
-    if settings["steps"] < 1 or settings["history_steps"] < 1 or settings["seed"] < 0 \
-            or not (math.isfinite(settings["concentration"]) and settings["concentration"] > 0):
-        raise DatasetError(f"{dataset.name}: replay steps, history_steps and concentration must be positive")
+    if not all(isinstance(tokens.get(stage), int) and not isinstance(tokens[stage], bool)
+               and 0 < tokens[stage] * dataset.routing.top_k <= MAX_ROUTED_PER_STEP for stage in stages):
+        raise DatasetError(f"{dataset.name}: replay.tokens_per_step needs, for {', '.join(sorted(stages))}, a "
+                           f"positive count of tokens whose pairs (x top-k) stay within {MAX_ROUTED_PER_STEP}")
+    if not (1 <= settings["steps"] <= MAX_REPLAY_STEPS and 1 <= settings["history_steps"] <= MAX_REPLAY_STEPS) \
+            or settings["seed"] < 0 or not (math.isfinite(settings["concentration"]) and settings["concentration"] > 0):
+        raise DatasetError(f"{dataset.name}: replay steps and history_steps must be 1 to {MAX_REPLAY_STEPS}, "
+                           "seed non-negative and concentration positive")
     return WorkloadReplay(settings["steps"], settings["history_steps"], dict(tokens),
                           float(settings["concentration"]), settings["seed"])
 

@@ -64,6 +64,11 @@ class CostSettings:
     profile: HardwareProfile
     intervals: tuple[int, ...] = (DEFAULT_INTERVAL,)
 
+    def record_fields(self) -> dict:
+        """What a record of these settings says before anything is replayed (its identity's part)."""
+        return {"cost_model": self.profile.name, "cost_model_sha256": self.profile_sha256,
+                "interval": self.intervals[0], "intervals": list(self.intervals)}
+
     @property
     def profile_sha256(self) -> str:
         """sha256 of the profile's values (sorted JSON): which figures the model ran on."""
@@ -136,39 +141,51 @@ def placement_key(step: int, previous: torch.Tensor | None) -> tuple:
 Planner = Callable[[int, torch.Tensor | None], Placement]
 
 
-def replay(trace: Trace, interval: int, first: Placement, plan_at: Planner, deployment: Deployment,
-           contiguous_ms: float) -> dict:
-    """Serve the trace rebalancing every `interval` steps (module docstring).
+@dataclass
+class Chain:
+    """The placements one interval puts into service: [(first step served, placement)],
+    in step order, and the rebalance steps still to plan."""
 
-    Args:
-        first: the placement in service at trace.start.
-        plan_at: (step, placement in service [L, R]) -> the placement planned at step.
-        contiguous_ms: the contiguous baseline's mean step time over the served steps.
-    Returns:
-        the interval's entry (module docstring's fields).
-    """
-    starts = [trace.start] + rebalance_steps(trace, interval)
-    ends = starts[1:] + [trace.steps.shape[0]]
-    seconds, migrations, moved = [], [], []
-    current = first
-    for index, (begin, end) in enumerate(zip(starts, ends)):
-        if index:
-            following = plan_at(begin, current.phy2log)
-            cost = migration_seconds(following.phy2log, current.phy2log, deployment.num_gpus, deployment.num_nodes,
-                                     following.logcnt.shape[1], deployment.shape, deployment.profile)
-            migrations.append(cost["migration_s"])
-            moved.append(cost["received_experts"])
-            current = following
-        seconds.append(served_seconds(trace.steps[begin:end], current.phy2log, current.logcnt, deployment))
-    step_ms = float(torch.cat(seconds).mean()) * 1e3
-    migration_total_ms = sum(migrations) * 1e3
+    interval: int
+    served: list[tuple[int, Placement]]
+    pending: list[int]
+
+
+def chains(trace: Trace, intervals: tuple[int, ...], first: Placement) -> list[Chain]:
+    """One chain per interval, each starting with `first` in service at trace.start."""
+    return [Chain(interval, [(trace.start, first)], rebalance_steps(trace, interval)) for interval in intervals]
+
+
+def advance(open_chains: list[Chain], plan_at: Planner, until: int) -> None:
+    """Plan every rebalance of the chains at a step before `until`, all chains together
+    in step order (ties in the chains' order): a balancer that keeps state between calls
+    sees the history in time order and never a step it is to serve."""
+    due = sorted((step, index) for index, chain in enumerate(open_chains) for step in chain.pending if step < until)
+    for step, index in due:
+        chain = open_chains[index]
+        chain.served.append((step, plan_at(step, chain.served[-1][1].phy2log)))
+        chain.pending.remove(step)
+
+
+def accounted(trace: Trace, chain: Chain, deployment: Deployment, contiguous_ms: float) -> dict:
+    """The interval's entry (module docstring's fields) of a chain planned to the end."""
+    if chain.pending:
+        raise ValueError(f"interval {chain.interval}: rebalances at {chain.pending} not planned")
+    seconds = served_ms(trace, chain.served, deployment)
+    migrations, moved = [], []
+    for (_, current), (_, following) in zip(chain.served, chain.served[1:]):
+        cost = migration_seconds(following.phy2log, current.phy2log, deployment.num_gpus, deployment.num_nodes,
+                                 following.logcnt.shape[1], deployment.shape, deployment.profile)
+        migrations.append(cost["migration_s"] * 1e3)
+        moved.append(cost["received_experts"])
+    step_ms = float(seconds.mean())
     hidden = 1 - deployment.profile.overlap_share
-    with_migration = step_ms + migration_total_ms / trace.served
-    overlapped = step_ms + hidden * migration_total_ms / trace.served
-    migration_ms = migration_total_ms / len(migrations) if migrations else 0.0
+    with_migration = step_ms + sum(migrations) / trace.served
+    overlapped = step_ms + hidden * sum(migrations) / trace.served
+    migration_ms = sum(migrations) / len(migrations) if migrations else 0.0
     gain = contiguous_ms - step_ms
     return {
-        "interval": interval,
+        "interval": chain.interval,
         "rebalances": len(migrations),
         "modeled_step_ms": step_ms,
         "migration_ms": migration_ms,
@@ -179,13 +196,34 @@ def replay(trace: Trace, interval: int, first: Placement, plan_at: Planner, depl
     }
 
 
-def oracle_ms(trace: Trace, placements: list[tuple[int, Placement]], deployment: Deployment) -> float:
-    """Mean step time of the oracle: placements [(first step served, placement)] in
-    step order, each serving until the next one's first step, migrating for free."""
+def replay(trace: Trace, interval: int, first: Placement, plan_at: Planner, deployment: Deployment,
+           contiguous_ms: float) -> dict:
+    """Serve the trace rebalancing every `interval` steps (module docstring): one chain,
+    planned to the end and accounted.
+
+    Args:
+        first: the placement in service at trace.start.
+        plan_at: (step, placement in service [L, R]) -> the placement planned at step.
+        contiguous_ms: the contiguous baseline's mean step time over the served steps.
+    """
+    (chain,) = chains(trace, (interval,), first)
+    advance([chain], plan_at, trace.steps.shape[0])
+    return accounted(trace, chain, deployment, contiguous_ms)
+
+
+def served_ms(trace: Trace, placements: list[tuple[int, Placement]], deployment: Deployment) -> torch.Tensor:
+    """[served steps] modeled milliseconds of each step, placements [(first step served,
+    placement)] in step order, each serving until the next one's first step."""
     bounds = [begin for begin, _ in placements[1:]] + [trace.steps.shape[0]]
     seconds = [served_seconds(trace.steps[begin:end], placement.phy2log, placement.logcnt, deployment)
                for (begin, placement), end in zip(placements, bounds)]
-    return float(torch.cat(seconds).mean()) * 1e3
+    return torch.cat(seconds) * 1e3
+
+
+def oracle_ms(trace: Trace, placements: list[tuple[int, Placement]], deployment: Deployment) -> float:
+    """Mean step time of the oracle: placements [(first step served, placement)] in
+    step order (served_ms), migrating for free."""
+    return float(served_ms(trace, placements, deployment).mean())
 
 
 def contiguous_ms(trace: Trace, deployment: Deployment) -> float:

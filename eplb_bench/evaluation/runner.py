@@ -44,15 +44,18 @@ from eplb_bench.core.simulate import bound_metrics, internode_share, placement_m
 from eplb_bench.data.models import dataset_expert_shape
 from eplb_bench.data.steps import synthetic_steps, workload_replay, workload_steps
 from eplb_bench.evaluation.replay import (
+    Chain,
     CostSettings,
     Deployment,
     Planner,
     Trace,
+    accounted,
+    advance,
+    chains,
     contiguous_ms,
     history_load,
     oracle_ms,
     placement_key,
-    replay,
 )
 
 
@@ -187,8 +190,9 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
     The first call gets the window itself; its placement is the one scored. Repeat k
     gets a stand-in (see disguised, the previous placement renumbered to match):
     loads of the same size and skew, the same kind of work, but an input no cache of
-    earlier answers can serve. Every call's input is checked for changes and every
-    output validated. `report`, when given, goes to the first call (see timed_call).
+    earlier answers can serve. Every call gets copies of its inputs, checked for changes
+    afterwards, and every output is validated. `report`, when given, goes to the first
+    call (see timed_call).
     """
     placement, seconds = None, []
     generator = fresh_generator()
@@ -198,10 +202,13 @@ def plan(info: AlgorithmInfo, weight: torch.Tensor, scenario: Scenario, repeat: 
             source, order = disguised(weight, generator)
             previous = None if prev_phy2log is None else renumbered(prev_phy2log, order)
         given = source.clone()
-        output, elapsed = timed_call(info, given, scenario, previous, report if attempt == 0 else None)
+        handed = None if previous is None else previous.clone()
+        output, elapsed = timed_call(info, given, scenario, handed, report if attempt == 0 else None)
         seconds.append(elapsed)
         if not torch.equal(given, source):
             raise BalancerFailure("invalid", "balancer modified its input weight")
+        if handed is not None and not torch.equal(handed, previous):
+            raise BalancerFailure("invalid", "balancer modified its prev_phy2log")
         checked = checked_placement(output, weight, scenario)
         if placement is None:
             placement = checked
@@ -242,6 +249,7 @@ def base_record(job: Job, repeat: int) -> Record:
         eplb_bench_version=__version__,
         commit=harness_commit(),
         host={**machine_identity(job.device), "concurrent_jobs": job.concurrent_jobs},
+        **({} if job.cost is None else job.cost.record_fields()),
         timestamp=_datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -321,6 +329,7 @@ def run_job(job: Job, repeat: int = 1) -> Record:
         lower = None  # bounds for some in-sample window are missing
     window, previous, placements = None, None, []
     routing = (job.dataset.routing.top_k, job.dataset.routing.num_groups, job.dataset.routing.topk_groups)
+    replaying = None if job.cost is None else HistoryReplay(job)
     try:
         warm_up(job.algorithm, planned[0], scenario)
         for window in range(windows.shape[0] - 1):
@@ -331,6 +340,8 @@ def run_job(job: Job, repeat: int = 1) -> Record:
                 reports.append(report)
             seconds.extend(elapsed)
             placements.append(placement)
+            if replaying is not None:
+                replaying.planned(window, placement)
             phy2log, logcnt = placement.phy2log.to(job.device), placement.logcnt.to(job.device)
             if previous is not None:
                 migrated.append(migrated_slots(phy2log, previous))
@@ -361,8 +372,8 @@ def run_job(job: Job, repeat: int = 1) -> Record:
         balancer_report=reports or None,
     )
     record.scores = all_scores(record, record.runtime_ms / 1e3)
-    if job.cost is not None:
-        record = with_replay(record, lambda: next_window_modeled(job, placements))
+    if replaying is not None:
+        record = with_replay(record, replaying.finished)
     return record
 
 
@@ -463,11 +474,13 @@ def deployment_of(job: Job) -> Deployment:
                       (routing.top_k, routing.num_groups, routing.topk_groups), shape, job.cost.profile)
 
 
-def replay_planner(job: Job, trace: Trace, memo: dict, history_id: Callable[[int], object]) -> Planner:
+def replay_planner(job: Job, trace: Trace, memo: dict, history_id: Callable[[int], object],
+                   seconds: list[float]) -> Planner:
     """The balancer as the replay calls it: at a step, on the predictor's view of the
-    history, told the placement in service when it takes prev_phy2log; untimed. Plans are
-    kept in `memo` by (history_id(step), step, placement replaced): one plan serves
-    every interval (and, for static workloads, every pair) that needs it."""
+    history, told the placement in service when it takes prev_phy2log; each call's time
+    is appended to `seconds`. Plans are kept in `memo` by (history_id(step), step,
+    placement replaced): one plan serves every interval (and, for static workloads,
+    every pair) that needs it."""
     floating = job.dataset.windows.is_floating_point()
 
     def plan_at(step: int, current: torch.Tensor | None):
@@ -478,69 +491,98 @@ def replay_planner(job: Job, trace: Trace, memo: dict, history_id: Callable[[int
             weight = (weight.double() if floating else weight).to(job.device)
             given = None if previous is None else previous.to(job.device)
             try:
-                memo[key] = plan(job.algorithm, weight, job.scenario, 1, given)[0]
+                memo[key], elapsed = plan(job.algorithm, weight, job.scenario, 1, given)
+                seconds.extend(elapsed)
             except BalancerFailure as failure:
                 raise BalancerFailure(failure.status, f"step {step}: {failure}") from None
         return memo[key]
     return plan_at
 
 
-def modeled_fields(job: Job, trace: Trace, first: Placement, plan_at: Planner,
-                   oracle: list[tuple[int, Placement]] | None) -> dict:
-    """The record's cost-model fields: every interval's replay (the first leads), the
-    contiguous baseline and the oracle (None when the balancer failed on its plan)."""
+def modeled_fields(job: Job, trace: Trace, planned: list[Chain], oracle: list[tuple[int, Placement]] | None,
+                   seconds: list[float]) -> dict:
+    """The record's cost-model fields: every interval's chain accounted (the first leads),
+    the contiguous baseline, the oracle (None when the balancer failed on its plan), and
+    the median runtime of the replay's calls (`seconds`; none when every plan was the run's)."""
     deployment = deployment_of(job)
     baseline = contiguous_ms(trace, deployment)
-    entries = []
-    for interval in job.cost.intervals:
-        try:
-            entries.append(replay(trace, interval, first, plan_at, deployment, baseline))
-        except BalancerFailure as failure:
-            raise BalancerFailure(failure.status, f"interval {interval}, {failure}") from None
+    entries = [accounted(trace, chain, deployment, baseline) for chain in planned]
     best = oracle_ms(trace, oracle, deployment) if oracle else None
     lead = entries[0]
     return {
-        "cost_model": job.cost.profile.name, "cost_model_sha256": job.cost.profile_sha256,
-        "interval": lead["interval"], "modeled_step_ms": lead["modeled_step_ms"],
-        "migration_ms": lead["migration_ms"], "modeled_speedup": lead["modeled_speedup"],
-        "contiguous_step_ms": baseline, "oracle_step_ms": best,
-        "oracle_speedup": None if best is None else baseline / best,
-        "replayed_steps": trace.served, "replay": entries,
+        "modeled_step_ms": lead["modeled_step_ms"], "migration_ms": lead["migration_ms"],
+        "modeled_speedup": lead["modeled_speedup"], "contiguous_step_ms": baseline, "oracle_step_ms": best,
+        "oracle_speedup": None if best is None else baseline / best, "replayed_steps": trace.served,
+        "replay": entries, "replay_runtime_ms": statistics.median(seconds) * 1e3 if seconds else None,
     }
 
 
-def next_window_modeled(job: Job, placements: list[Placement]) -> dict:
-    """modeled_fields of a load history: its steps regenerated; service from the end of
-    window 0 under the plan on window 0; plans on windows of window_steps steps. The
-    runner's plans are the replay's at window ends (placements[i], made at the end of
-    window i), and the oracle's where it plans on the windows themselves (predictor last)."""
-    width = job.dataset.window_steps
-    trace = Trace(synthetic_steps(job.dataset), width, width)
-    memo, previous = {}, None
-    for index, placement in enumerate(placements):
-        replaced = previous.phy2log if previous is not None and passes_previous(job) else None
-        memo[(None,) + placement_key((index + 1) * width, replaced)] = placement
-        previous = placement
-    plan_at = replay_planner(job, trace, memo, lambda step: None)
-    oracle, current = [], placements[0]
-    for window in range(1, job.dataset.num_windows):
-        if job.predictor.kind == "last" and window < len(placements):
-            current = placements[window]
-        else:
-            given = current.phy2log.to(job.device) if passes_previous(job) else None
+class HistoryReplay:
+    """The replay of a load history (docs/costmodel.md), made alongside the run: its
+    steps regenerated; service from the end of window 0 under the plan on window 0;
+    plans on windows of window_steps steps. The run hands over each of its plans as it
+    makes it (`planned`), and the replay's own plans due before the run's next one are
+    made then, so that every call, the run's and the replay's, comes in step order and
+    none sees a step it is to serve. The oracle's plans, on the windows they serve,
+    come last (`finished`).
+
+    The run's plans are the replay's at window ends where the chain agrees (placements[i],
+    made at the end of window i, replacing placements[i - 1]), and the oracle's where it
+    plans on the windows themselves (predictor last). A balancer failing in the replay
+    stops the replay only: `finished` raises it."""
+
+    def __init__(self, job: Job):
+        self.job, self.width = job, job.dataset.window_steps
+        self.trace = Trace(synthetic_steps(job.dataset), self.width, self.width)
+        self.memo, self.seconds, self.placements = {}, [], []
+        self.plan_at = replay_planner(job, self.trace, self.memo, lambda step: None, self.seconds)
+        self.chains, self.failure = None, None
+
+    def planned(self, window: int, placement: Placement) -> None:
+        """The run's plan on window `window` (in service from the window's end), and every
+        replay plan due before the run's next one."""
+        previous = self.placements[-1] if self.placements else None
+        replaced = previous.phy2log if previous is not None and passes_previous(self.job) else None
+        self.memo[(None,) + placement_key((window + 1) * self.width, replaced)] = placement
+        self.placements.append(placement)
+        if self.chains is None:
+            self.chains = chains(self.trace, self.job.cost.intervals, placement)
+        self.advance((window + 2) * self.width)
+
+    def advance(self, until: int) -> None:
+        if self.failure is None:
             try:
-                current = plan(job.algorithm, job.dataset.windows[window].to(job.device), job.scenario, 1, given)[0]
+                advance(self.chains, self.plan_at, until)
             except BalancerFailure as failure:
-                raise BalancerFailure(failure.status, f"oracle on window {window}: {failure}") from None
-        oracle.append((window * width, current))
-    return modeled_fields(job, trace, placements[0], plan_at, oracle)
+                self.failure = failure
+
+    def finished(self) -> dict:
+        """The record's cost-model fields (modeled_fields), the last rebalances and the oracle's plans made."""
+        self.advance(self.trace.steps.shape[0])
+        if self.failure is not None:
+            raise self.failure
+        job = self.job
+        oracle, current = [], self.placements[0]
+        for window in range(1, job.dataset.num_windows):
+            if job.predictor.kind == "last" and window < len(self.placements):
+                current = self.placements[window]
+            else:
+                given = current.phy2log.to(job.device) if passes_previous(job) else None
+                try:
+                    current = plan(job.algorithm, job.dataset.windows[window].to(job.device), job.scenario, 1,
+                                   given)[0]
+                except BalancerFailure as failure:
+                    raise BalancerFailure(failure.status, f"oracle on window {window}: {failure}") from None
+            oracle.append((window * self.width, current))
+        return modeled_fields(job, self.trace, self.chains, oracle, self.seconds)
 
 
 def workload_modeled(job: Job, plan_index: int, serve_index: int, placement: Placement, in_sample: Placement | None,
                      memo: dict) -> dict:
     """modeled_fields of one (plan, serve) pair of static workloads: history_steps steps
     drawn around the planned workload, then the served workload's steps; service starts
-    under the plan on the planned workload; the oracle is the plan on the served one."""
+    under the plan on the planned workload; the oracle is the plan on the served one.
+    The pair's rebalances are planned in step order, every interval together."""
     settings = workload_replay(job.dataset)
     width = settings.history_steps
     steps = torch.cat([workload_steps(job.dataset, plan_index)[:width], workload_steps(job.dataset, serve_index)[width:]])
@@ -549,8 +591,10 @@ def workload_modeled(job: Job, plan_index: int, serve_index: int, placement: Pla
     def history_id(step: int):
         # A history of the served workload alone is the same whoever planned before it.
         return serve_index if step >= 2 * width else (plan_index, serve_index)
-    plan_at = replay_planner(job, trace, memo, history_id)
-    return modeled_fields(job, trace, placement, plan_at, None if in_sample is None else [(width, in_sample)])
+    seconds = []
+    planned = chains(trace, job.cost.intervals, placement)
+    advance(planned, replay_planner(job, trace, memo, history_id, seconds), trace.steps.shape[0])
+    return modeled_fields(job, trace, planned, None if in_sample is None else [(width, in_sample)], seconds)
 
 
 def restarted(job: Job, weight: torch.Tensor, failure: BalancerFailure, workload: str) -> BalancerFailure | None:

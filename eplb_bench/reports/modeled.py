@@ -49,6 +49,7 @@ def modeled_groups(records: list[Record]) -> dict[tuple[str, int], list[Record]]
     replayed = [r for r in records if r.cost_model is not None]
     intervals = defaultdict(set)
     for record in replayed:
+        intervals[profile_label(record)].update(record.intervals or ())
         intervals[profile_label(record)].update(entry["interval"] for entry in record.replay or ())
     groups = defaultdict(list)
     for record in replayed:
