@@ -21,6 +21,10 @@ import torch
 from eplb_bench import list_algorithms, load_dataset
 from eplb_bench.data.catalog import shipped_names
 from eplb_bench.core.registry import algorithm_info, file_algorithm_info
+from eplb_bench.core.costmodel import CostModelError, load_profile
+from eplb_bench.data.models import dataset_expert_shape
+from eplb_bench.data.steps import steps_available
+from eplb_bench.evaluation.replay import CostSettings
 from eplb_bench.evaluation.runner import BalancerFailure, Job, checked_placement, run_records
 
 try:  # asv >= 0.6 skips a benchmark that raises this after its setup
@@ -29,6 +33,8 @@ except ImportError:  # outside asv
     SkipNotImplemented = NotImplementedError
 
 QUALITY_VERSION = "1"
+MODELED_PROFILE = "h200-nvlink-ib400"
+MODELED_INTERVAL = 100
 SPEED_VERSION = "1"
 
 
@@ -52,7 +58,7 @@ def quality_of(balancer: str, dataset_name: str) -> dict:
     workloads; under next-window, the one record's."""
     dataset = load_dataset(dataset_name)
     try:
-        records = run_records(Job(balancer_info(balancer), dataset, dataset.scenarios[0]))
+        records = run_records(Job(balancer_info(balancer), dataset, dataset.scenarios[0], cost=tracked_cost(dataset)))
     except Exception as exc:  # an unloadable balancer fails its own parameters only
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
     failed = [record for record in records if record.status != "ok"]
@@ -71,7 +77,24 @@ def quality_of(balancer: str, dataset_name: str) -> dict:
         "slot_imbalance_next": mean(1 / r.balancedness_slot for r in served),
         "internode_share": mean(r.internode_share for r in served),
         "optimality_gap": mean(r.optimality_gap for r in records),
+        # Modeled step time over the contiguous placement's (1 / modeled_speedup), migrations paid.
+        "modeled_step_ratio": mean(1 / r.modeled_speedup if r.modeled_speedup else None for r in served),
     }
+
+
+def tracked_cost(dataset) -> CostSettings | None:
+    """The replay the quality tracks include: MODELED_PROFILE, rebalancing every
+    MODELED_INTERVAL steps, where the dataset has steps, an expert shape and the
+    profile's node size; None (track skipped) elsewhere."""
+    profile = load_profile(MODELED_PROFILE)
+    scenario = dataset.scenarios[0]
+    try:
+        dataset_expert_shape(dataset.meta, dataset.name)
+    except CostModelError:
+        return None
+    if steps_available(dataset) or scenario.num_gpus // scenario.num_nodes != profile.gpus_per_node:
+        return None
+    return CostSettings(profile, (MODELED_INTERVAL,))
 
 
 def _tracked(key: str, unit: str):
@@ -97,7 +120,8 @@ class Quality:
     timeout = 1800
 
     def setup_cache(self):
-        return {(balancer, dataset): quality_of(balancer, dataset) for balancer in BALANCERS for dataset in DATASETS}
+        # Dataset by dataset, so that a replay's regenerated steps serve every balancer.
+        return {(balancer, dataset): quality_of(balancer, dataset) for dataset in DATASETS for balancer in BALANCERS}
 
     setup_cache.timeout = 1800
 
@@ -106,6 +130,7 @@ class Quality:
     track_slot_imbalance_next = _tracked("slot_imbalance_next", "max/mean")
     track_internode_share = _tracked("internode_share", "share of dispatches")
     track_optimality_gap = _tracked("optimality_gap", "peak/bound - 1")
+    track_modeled_step_ratio = _tracked("modeled_step_ratio", "modeled step / contiguous step")
 
 
 def prepared_call(balancer: str, dataset_name: str, device: str):

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from eplb_bench.core.costmodel import load_profile
+from eplb_bench.evaluation.replay import CostSettings
+
 from eplb_bench.cli import main
 from eplb_bench.tracking.gate import Change, allowed_value, worsened
 from eplb_bench.evaluation.runner import Job, run_job
@@ -87,6 +90,9 @@ def test_quality_tracks_are_imbalances_of_the_runner_record(suite, tmp_path):
     assert good["gpu_imbalance_insample"] == pytest.approx(1 / record["balancedness_gpu_insample"])
     assert good["gpu_imbalance_insample"] >= 1 and good["slot_imbalance_next"] >= good["gpu_imbalance_next"] - 1e-9
     assert good["optimality_gap"] == pytest.approx(record["optimality_gap"])
+    replayed = run_job(Job(algorithm_info("fast"), dataset, dataset.scenarios[0],
+                           cost=CostSettings(load_profile("h200-nvlink-ib400"), (100,))))
+    assert good["modeled_step_ratio"] == pytest.approx(1 / replayed.modeled_speedup)
     assert bench.Quality.track_gpu_imbalance_next(None, quality, "fast", "mixtral-8x7b") == good["gpu_imbalance_next"]
     assert bench.Quality.track_gpu_imbalance_next.unit == "max/mean"
     with pytest.raises(RuntimeError, match="raises.py on mixtral-8x7b: error: .*ValueError: boom"):
@@ -166,7 +172,8 @@ def test_asv_records_two_commits_and_the_gate_fails_on_the_worse_one(tmp_path, c
     stored = json.loads(next((tmp_path / "results" / "ci-test").glob(f"{commits[0][:8]}-*.json")).read_text())
     tracks = {name for name in stored["results"] if ".track_" in name}
     assert tracks == {f"benchmarks.Quality.track_{key}" for key in (
-        "gpu_imbalance_next", "gpu_imbalance_insample", "slot_imbalance_next", "internode_share", "optimality_gap")}
+        "gpu_imbalance_next", "gpu_imbalance_insample", "slot_imbalance_next", "internode_share", "optimality_gap",
+        "modeled_step_ratio")}
     arguments = ["gate", "--config", str(config), "--machine", "ci-test", "--compare-only"]
     assert main(arguments + [commits[0], commits[0]]) == 0
     capsys.readouterr()
