@@ -181,3 +181,27 @@ def test_asv_records_two_commits_and_the_gate_fails_on_the_worse_one(tmp_path, c
     printed = capsys.readouterr().out
     assert f"track_gpu_imbalance_next({balancer}, mixtral-8x7b)" in printed and "WORSE" in printed
     assert main(arguments + [commits[0], commits[1], "--track-threshold", "0.5"]) == 0
+
+
+ORACLE_ONLY_FAILS = '''import torch
+from eplb_bench import get_algorithm, load_dataset
+
+LAST = load_dataset("mixtral-8x7b").windows[-1]
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
+    if torch.equal(weight, LAST):   # only the replay's oracle plans on the last window
+        raise ValueError("not this one")
+    return get_algorithm("fast")(weight, num_replicas, num_groups, num_nodes, num_gpus)
+'''
+
+
+def test_a_failure_in_the_replay_alone_fails_the_modeled_track_alone(suite, tmp_path):
+    program = tmp_path / "oracle_fails.py"
+    program.write_text(ORACLE_ONLY_FAILS)
+    bench = suite(str(program))
+    quality = bench.Quality().setup_cache()
+    assert quality[(str(program), "mixtral-8x7b")]["gpu_imbalance_next"] >= 1
+    assert bench.Quality.track_gpu_imbalance_next(None, quality, str(program), "mixtral-8x7b") >= 1
+    with pytest.raises(RuntimeError, match="replay: oracle on window 11: ValueError: not this one"):
+        bench.Quality.track_modeled_step_ratio(None, quality, str(program), "mixtral-8x7b")

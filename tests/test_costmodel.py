@@ -151,6 +151,8 @@ def test_the_shipped_profiles_load_with_their_sources():
     ({"name": 5}, "name must be a non-empty string"),
     ({"sources": 5}, "sources must be a list of strings"),
     ({"gpus_per_node": 2.5}, "gpus_per_node must be a positive integer"),
+    ({"flops_per_s": 1e-320}, "are no hardware"),
+    ({"latency_s": 1e308}, "are no hardware"),
 ])
 def test_a_bad_profile_is_one_line(tmp_path, change, message):
     path = tmp_path / "mine.json"

@@ -432,3 +432,24 @@ def test_malformed_replay_settings_are_one_line(change, message):
                       meta={"protocol": "cross-workload", "workloads": workloads, "replay": {**settings, **change}})
     reason = steps_available(dataset)
     assert reason is not None and message in reason and "\n" not in reason
+
+
+def test_a_program_files_static_replays_are_marked():
+    from eplb_bench.reports.modeled import STATIC_LEGEND, modeled_tables
+
+    records = [dataclasses.replace(replayed(name, "s1", {10: 1.1}), protocol="cross-workload", plan_workload="a",
+                                   serve_workload="b") for name in ("fast", "mine.py")]
+    table = modeled_tables(records)[0]
+    assert sorted(row[1] for row in table.rows) == ["fast", "mine.py † ‡"] and STATIC_LEGEND in table.note
+
+
+def test_static_records_say_the_replay_hands_the_placement_on():
+    from eplb_bench.evaluation.runner import previous_placement
+
+    algorithm, _ = counting(prev_aware=True)
+    dataset = Dataset(name="static", windows=torch.ones(2, 2, 8, dtype=torch.int64), meta={
+        "protocol": "cross-workload", "workloads": [{"name": "a"}, {"name": "b"}]})
+    job = Job(algorithm, dataset, SCENARIO)
+    assert previous_placement(job) == "none (static workloads have no order)"
+    assert previous_placement(dataclasses.replace(job, cost=COST)) == \
+        "none (static workloads have no order); passed in the replay"

@@ -37,6 +37,10 @@ import torch
 from eplb_bench.core.simulate import layer_remote_shares, remote_shares, slot_loads
 
 PROFILES_DIR = Path(__file__).with_name("profiles")
+# Bounds that keep every modeled time finite and far from any real cluster's edge.
+MIN_RATE = 1e3
+MAX_LATENCY_S = 1.0
+MAX_BYTES_PER_VALUE = 16
 
 
 class CostModelError(ValueError):
@@ -129,6 +133,12 @@ class HardwareProfile:
         if any(getattr(profile, name) <= 0 for name in positive) or not profile.overlap_share <= 1:
             raise CostModelError(f"profile {profile.name}: {', '.join(positive)} must be positive and "
                                  "overlap_share at most 1")
+        rates = [name for name in positive[1:] if getattr(profile, name) < MIN_RATE]
+        if rates or profile.latency_s > MAX_LATENCY_S or max(profile.dispatch_bytes_per_value,
+                                                             profile.combine_bytes_per_value) > MAX_BYTES_PER_VALUE:
+            raise CostModelError(f"profile {profile.name}: rates below {MIN_RATE:g} a second ({', '.join(rates)}), "
+                                 f"latency_s above {MAX_LATENCY_S:g} or bytes per value above {MAX_BYTES_PER_VALUE} "
+                                 "are no hardware")
         return profile
 
     def as_dict(self) -> dict:

@@ -257,7 +257,8 @@ def base_record(job: Job, repeat: int) -> Record:
 def previous_placement(job: Job) -> str:
     """What the balancer was told of the placement in service (the record's prev_placement)."""
     if job.dataset.protocol == CROSS_WORKLOAD:
-        return "none (static workloads have no order)"
+        replayed = "; passed in the replay" if job.cost is not None and passes_previous(job) else ""
+        return "none (static workloads have no order)" + replayed
     return "passed" if passes_previous(job) else ("off" if not job.migration else "not accepted")
 
 

@@ -12,10 +12,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from eplb_bench.core.record import Record
+from eplb_bench.core.record import CROSS_WORKLOAD, Record
 from eplb_bench.reports.standings import (
     HASH_DIGITS,
     INCOMPLETE_RULE,
+    PROGRAM_SUFFIX,
     display_name,
     entry_labels,
     finite,
@@ -25,6 +26,10 @@ from eplb_bench.reports.standings import (
 )
 from eplb_bench.reports.tables import MISSING, Table, number, plot_text
 
+STATIC_MARK = "‡"
+STATIC_LEGEND = (f"{STATIC_MARK} replayed static workloads as a program file: the run has planned on every workload "
+                 "before the replays, so a program that keeps state between calls could recognize the served one "
+                 "(docs/costmodel.md); registered balancers keep none.")
 MODELED_RULE = ("Modeled speedup: the static contiguous placement's modeled step time over the balancer's, its "
                 "weight migrations paid at every rebalance (blocking; overlapped hides the profile's share). "
                 "Geometric means over scenarios; oracle: plans on each window it serves and migrates for free. "
@@ -76,8 +81,9 @@ def modeled_standings(records: list[Record], interval: int) -> list[dict]:
         entries = [(r, replay_entry(r, interval)) for r in group]
         ok = [(r, e) for r, e in entries if r.status == "ok" and e is not None]
         failed = {scenario_of(r) for r, e in entries if r.status != "ok" or e is None}
+        stateful_risk = any(r.protocol == CROSS_WORKLOAD and str(r.algorithm).endswith(PROGRAM_SUFFIX) for r in group)
         rows.append({
-            "entry": display_name(label, all(is_isolated(r) for r in group)),
+            "entry": display_name(label, all(is_isolated(r) for r in group)) + (f" {STATIC_MARK}" if stateful_risk else ""),
             "scenarios_ok": len({scenario_of(r) for r, _ in ok} - failed),
             "scenarios_total": scenarios_total,
             "speedup": geometric_mean([e["modeled_speedup"] for _, e in ok]),
@@ -108,7 +114,9 @@ def modeled_tables(records: list[Record]) -> list[Table]:
             title=f"Modeled speedup standings: profile {profile}, rebalance every {interval} steps",
             header=["rank", "balancer", "scenarios", "modeled speedup", "overlapped", "oracle speedup",
                     "modeled step ms", "migration ms", "status"],
-            rows=rows, note="" if tables else f"{MODELED_RULE} {INCOMPLETE_RULE}",
+            rows=rows, note=" ".join(part for part in (
+                "" if tables else f"{MODELED_RULE} {INCOMPLETE_RULE}",
+                STATIC_LEGEND if any(STATIC_MARK in row[1] for row in rows) else "") if part),
             table_id=f"modeled-{profile}-{interval}"))
     crossing = break_even_table(records)
     return tables + ([crossing] if crossing else [])
