@@ -23,7 +23,7 @@ import torch
 
 from eplb_bench.core.record import CROSS_WORKLOAD
 from eplb_bench.data.dataset import Dataset, DatasetError
-from eplb_bench.data.synthetic import SyntheticSpec, iterate_steps, step_loads
+from eplb_bench.data.synthetic import SyntheticSpec, all_steps, step_loads
 
 # Storage type of regenerated steps: a step's count of one expert stays far below 2**31.
 STEP_DTYPE = np.int32
@@ -78,11 +78,7 @@ def synthetic_steps(dataset: Dataset) -> torch.Tensor:
 @functools.lru_cache(maxsize=1)
 def _regenerated(spec_json: str) -> np.ndarray:
     """The steps of one generator spec (as sorted JSON), kept for the next job of the same data."""
-    spec = SyntheticSpec.from_dict(json.loads(spec_json))
-    steps = np.empty((spec.num_windows * spec.window_steps, spec.num_layers, spec.num_logical), dtype=STEP_DTYPE)
-    for index, (_, loads) in enumerate(iterate_steps(spec)):
-        steps[index] = loads
-    return steps
+    return all_steps(SyntheticSpec.from_dict(json.loads(spec_json)), STEP_DTYPE)
 
 
 def workload_replay(dataset: Dataset) -> WorkloadReplay:

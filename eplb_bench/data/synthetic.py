@@ -331,9 +331,9 @@ def generate(spec: SyntheticSpec, keep_steps: int = 0, max_windows: int | None =
     return windows, first_steps
 
 
-def all_steps(spec: SyntheticSpec) -> np.ndarray:
-    """[num_windows * window_steps, L, E] int64: every step of the history of `spec`."""
-    steps = np.empty((spec.num_windows * spec.window_steps, spec.num_layers, spec.num_logical), dtype=np.int64)
+def all_steps(spec: SyntheticSpec, dtype=np.int64) -> np.ndarray:
+    """[num_windows * window_steps, L, E] of `dtype`: every step of the history of `spec`."""
+    steps = np.empty((spec.num_windows * spec.window_steps, spec.num_layers, spec.num_logical), dtype=dtype)
     for index, (_, loads) in enumerate(iterate_steps(spec)):
         steps[index] = loads
     return steps

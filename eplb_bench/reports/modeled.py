@@ -183,15 +183,13 @@ def break_even_table(records: list[Record]) -> Table | None:
 def plot_speedup_vs_interval(records: list[Record], path: Path) -> Path:
     """One panel per replayed (dataset, scenario): each entry's modeled speedup against
     the rebalance interval (log x), the break-even line at 1, and the best oracle."""
-    from eplb_bench.reports.plots import _colours, _no_results, _pyplot
+    from eplb_bench.reports.plots import _colours, _no_results, saved_figure
 
-    plt = _pyplot()
     curves = speedup_curves(records)
     panels = max(len(curves), 1)
     columns = min(2, panels)
     rows = math.ceil(panels / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.6 * rows), squeeze=False)
-    try:
+    with saved_figure(path, rows, columns, (7.5 * columns, 4.6 * rows)) as (_, axes):
         colours = _colours({label for entries in curves.values() for label in entries if label != ORACLE_LABEL})
         if not curves:
             _no_results(axes[0][0], "no modeled results (run --cost-model PROFILE --interval K,...)")
@@ -213,8 +211,4 @@ def plot_speedup_vs_interval(records: list[Record], path: Path) -> Path:
             ax.legend(fontsize=7, loc="lower right")
         for ax in list(axes.flat)[len(curves):] if curves else []:
             ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
     return path

@@ -7,6 +7,7 @@ never parsed as mathtext.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,6 +43,20 @@ def _pyplot():
     return plt
 
 
+@contextmanager
+def saved_figure(path: Path, rows: int, columns: int, figsize: tuple[float, float]):
+    """(figure, axes [rows, columns]) to draw on; written to `path` when the drawing
+    succeeds, closed either way."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, columns, figsize=figsize, squeeze=False)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
 def _colours(names: Iterable[str]) -> dict[str, tuple]:
     """A fixed colour per entry label, the same in every plot."""
     plt = _pyplot()
@@ -60,13 +75,12 @@ def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
     """Mean GPU balancedness (next window) against mean runtime (log x), one point per
     standings row, with each machine's Pareto front among complete entries; incomplete
     entries hollow and off the front."""
-    plt = _pyplot()
     plotted = [row for row in rows if finite(row["balancedness_gpu"]) is not None
                and finite(row["runtime_ms"]) is not None]
     colours = _colours(row["entry"] for row in plotted)
     several = len({row["machine"] for row in plotted}) > 1
-    fig, ax = plt.subplots(figsize=(9, 6))
-    try:
+    with saved_figure(path, 1, 1, (9, 6)) as (_, axes):
+        ax = axes[0][0]
         if not plotted:
             _no_results(ax)
         for index, (machine, group) in enumerate(groupby(plotted, key=lambda row: row["machine"])):
@@ -97,10 +111,6 @@ def plot_balance_vs_runtime(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("mean runtime per call (ms, log scale)")
         ax.set_ylabel("mean GPU balancedness, next window")
         ax.set_title("Balance against runtime (up and left is better)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
     return path
 
 
@@ -185,20 +195,14 @@ def axis_floor(lowest: float) -> float:
 
 def _figure(records: list[Record], draw, path: Path, empty: str) -> Path:
     """One panel per machine identity, each drawn by `draw(ax, records, machine)`."""
-    plt = _pyplot()
     panels = _panels(records)
     count = max((len(_scenarios(group)) for _, group in panels), default=1)
-    fig, axes = plt.subplots(max(len(panels), 1), 1, figsize=(max(9.0, 2.5 + 1.4 * count), 4.8 * max(len(panels), 1)),
-                             squeeze=False)
-    try:
+    figsize = (max(9.0, 2.5 + 1.4 * count), 4.8 * max(len(panels), 1))
+    with saved_figure(path, max(len(panels), 1), 1, figsize) as (_, axes):
         if not panels:
             _no_results(axes[0][0], empty)
         for ax, (machine, group) in zip(axes[:, 0], panels):
             draw(ax, group, machine)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
     return path
 
 
